@@ -1,0 +1,11 @@
+"""`python -m data_pipeline convert|verify ...` (= `clipforge convert|verify`)."""
+import importlib
+import sys
+
+MODULES = {"convert": "data_pipeline.convert.cli", "verify": "data_pipeline.verify"}
+
+if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in MODULES:
+        sys.exit(importlib.import_module(MODULES[sys.argv[1]]).main(sys.argv[2:]))
+    print("usage: python -m data_pipeline convert|verify [options]  (see --help of each)", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,49 @@
+"""Typed config of the streaming loader (the `data:` section of a run config).
+
+Torch-free on purpose: `launch` validates configs on login nodes where torch is absent.
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+LOADER_MODES = ("epoch", "resampled")
+
+
+@dataclass
+class SourceConfig:
+    # A shard dataset dir (with manifest.json / sizes.json) or a brace pattern of tars
+    # ("data/shard-{000000..000127}.tar").
+    path: str = ""
+    # Relative sampling weight when several sources are mixed; normalised over all sources.
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    sources: List[SourceConfig] = field(default_factory=list)
+    # epoch: every sample once per epoch, run length derived from the manifest sizes.
+    # resampled: infinite, samples drawn with replacement (by source weight, then uniformly).
+    mode: str = "epoch"
+    # Samples are permuted inside windows of this many consecutive samples (after a seeded
+    # shard shuffle): the same mixing as a webdataset shuffle buffer of this size, but
+    # stateless, so a resumed run sees exactly the same order.
+    shuffle_window: int = 4096
+    workers: int = 2
+    # Batches each worker prepares ahead (torch DataLoader prefetch_factor).
+    prefetch: int = 2
+    # Optional held-out shard dataset for periodic retrieval eval during training.
+    val_path: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.mode not in LOADER_MODES:
+            raise ValueError(f"data.mode={self.mode!r}: allowed values are {', '.join(LOADER_MODES)}")
+        if not self.sources:
+            raise ValueError("data.sources is empty: give at least one {path: DIR_OR_PATTERN, weight: 1.0}")
+        for i, source in enumerate(self.sources):
+            if not source.path:
+                raise ValueError(f"data.sources[{i}].path is empty: give a shard dataset dir or a tar brace pattern")
+            if not source.weight > 0:
+                raise ValueError(f"data.sources[{i}].weight={source.weight}: must be > 0")
+        if self.shuffle_window < 1:
+            raise ValueError(f"data.shuffle_window={self.shuffle_window}: must be >= 1 (1 = no sample shuffle)")
+        if self.workers < 0:
+            raise ValueError(f"data.workers={self.workers}: must be >= 0")

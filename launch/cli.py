@@ -1,0 +1,48 @@
+"""`clipforge <command>`: one entry point; each command's module is imported only when used,
+so `clipforge launch` starts without torch (login nodes)."""
+import importlib
+import sys
+
+# command -> (module with main(argv) -> int, one-line summary)
+COMMANDS = {
+    "convert": ("data_pipeline.convert.cli", "raw images + captions (folder, tables, COCO/Flickr json, URLs) -> tar shards"),
+    "verify": ("data_pipeline.verify", "re-read a shard dataset and check it against its manifest"),
+    "pretrain": ("pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
+    "launch": ("launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
+    "eval": ("eval.cli", "zero-shot retrieval / classification, CLIP_benchmark-compatible JSON"),
+    "demo": ("launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),
+}
+
+USAGE = """usage: clipforge <command> [options]
+
+commands:
+{commands}
+
+examples:
+  clipforge demo
+  clipforge convert captions.csv --out shards/ --image-size 256
+  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50
+  clipforge eval --model runs/demo --data shards-val/ --task retrieval
+
+`clipforge <command> --help` describes each command; each is also `python -m <package> ...`.
+"""
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, COMMANDS))
+        lines = "\n".join(f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items())
+        print(USAGE.format(commands=lines))
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"clipforge: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see clipforge --help)",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

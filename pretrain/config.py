@@ -1,0 +1,232 @@
+"""The run config: typed dataclasses, loaded from YAML with dotted CLI overrides.
+
+    cfg = load_config("configs/demo-cpu.yaml", ["optim.lr=1e-4", "deepspeed.zero_stage=3"])
+
+Torch-free on purpose (launch validates on login nodes without torch). Every error is one
+line naming the key and what is allowed, raised as ConfigError before any process starts.
+"""
+import math
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says which key and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    # An open_clip model name ("ViT-B-32"), or a path to an open_clip model-config JSON.
+    name: str = "ViT-B-32"
+    # Local directory of a Hugging Face text model (config + weights + tokenizer) used as the
+    # text tower instead of open_clip's; loaded offline.
+    hf_text_dir: Optional[str] = None
+    # LiT: freeze the image tower, except its last N layer groups.
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    grad_checkpointing: bool = False
+    patch_dropout: float = 0.0
+
+
+LOSS_KINDS = ("infonce", "siglip")
+LOSS_IMPLS = ("naive", "tiled")
+
+
+@dataclass
+class LossConfig:
+    kind: str = "infonce"
+    # naive: materialise the B x B logits; tiled: O(B*d) memory, exact same gradients.
+    impl: str = "naive"
+    tile_size: int = 4096
+    # local_loss: each rank computes loss rows of its own samples only against all gathered
+    # features (less memory); only correct together with gather_with_grad.
+    local_loss: bool = False
+    gather_with_grad: bool = True
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+    init_logit_bias: float = -10.0  # SigLIP only
+
+
+SCHEDULES = ("cosine", "constant", "linear")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    # Per-tower learning rates; None = optim.lr.
+    lr_image: Optional[float] = None
+    lr_text: Optional[float] = None
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    # Global grad-norm clip; 0 = off. Always applied explicitly (DeepSpeed's own default is 1.0).
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    global_batch_size: int = 256
+    # Per-rank micro-batch; global_batch_size / (world * micro) micro-batches are accumulated
+    # with feature caching, so the loss sees all global_batch_size negatives. None = no accumulation.
+    micro_batch_size: Optional[int] = None
+    # Run length: exactly one of steps / samples / epochs.
+    steps: Optional[int] = None
+    samples: Optional[int] = None
+    epochs: Optional[float] = None
+    log_every: int = 10
+    # Stop after this many consecutive non-finite steps (each is skipped, weights untouched).
+    max_nonfinite_steps: int = 5
+    # auto: cuda when available, else cpu.
+    device: str = "auto"
+
+
+ZERO_STAGES = (0, 1, 2, 3)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    precision: str = "bf16"
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    # Extra keys merged verbatim into the generated DeepSpeed JSON (power users).
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    every_minutes: float = 60.0
+    keep_last: int = 3
+    # None: start fresh (or auto-resume "latest" if the run dir has one); "latest" or a path.
+    resume: Optional[str] = None
+    export_at_end: bool = True
+
+
+@dataclass
+class EvalConfig:
+    # Periodic retrieval eval on data.val_path every N steps; 0 = only at the end (if val_path).
+    every_steps: int = 0
+    batch_size: int = 256
+    recall_k: List[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _choice(key: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks; every message names the key(s) and the fix."""
+    try:
+        cfg.data.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _choice("loss.kind", cfg.loss.kind, LOSS_KINDS)
+    _choice("loss.impl", cfg.loss.impl, LOSS_IMPLS)
+    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, ZERO_STAGES)
+    _choice("deepspeed.precision", cfg.deepspeed.precision, PRECISIONS)
+    # open_clip #616/#894: local loss without gather-with-grad silently trains on a wrong gradient.
+    if cfg.loss.local_loss and not cfg.loss.gather_with_grad:
+        raise ConfigError("loss.local_loss=true needs loss.gather_with_grad=true (otherwise the gradient is "
+                          "missing the cross-rank terms); set loss.gather_with_grad=true or loss.local_loss=false")
+    if cfg.loss.kind == "siglip" and cfg.loss.impl == "tiled":
+        raise ConfigError("loss.impl=tiled is implemented for loss.kind=infonce only; use loss.impl=naive with siglip")
+    if cfg.loss.tile_size < 1:
+        raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
+    lengths = [k for k in ("steps", "samples", "epochs") if getattr(cfg.train, k) is not None]
+    if len(lengths) != 1:
+        raise ConfigError(f"give exactly one of train.steps, train.samples, train.epochs (got {lengths or 'none'})")
+    if cfg.data.mode == "resampled" and cfg.train.epochs is not None:
+        raise ConfigError("train.epochs needs data.mode=epoch; with data.mode=resampled give train.steps or train.samples")
+    if cfg.train.global_batch_size < 1:
+        raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size}: must be >= 1")
+    if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size < 1:
+        raise ConfigError(f"train.micro_batch_size={cfg.train.micro_batch_size}: must be >= 1 or null")
+    if cfg.optim.grad_clip < 0:
+        raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip}: must be >= 0 (0 = off)")
+    if not 0 <= cfg.model.patch_dropout < 1:
+        raise ConfigError(f"model.patch_dropout={cfg.model.patch_dropout}: must be in [0, 1)")
+    if cfg.deepspeed.offload_param and cfg.deepspeed.zero_stage != 3:
+        raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3")
+    if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
+        raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1")
+    if cfg.model.hf_text_dir is not None and not os.path.isdir(cfg.model.hf_text_dir):
+        raise ConfigError(f"model.hf_text_dir={cfg.model.hf_text_dir!r}: no such directory")
+
+
+def check_batch_split(cfg: RunConfig, world_size: int) -> int:
+    """Number of accumulated micro-batches per step; refuses sizes that do not divide."""
+    micro = cfg.train.micro_batch_size or cfg.train.global_batch_size // world_size
+    if micro < 1 or cfg.train.global_batch_size % (world_size * micro):
+        raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
+                          f"world size {world_size} x train.micro_batch_size {micro}")
+    return cfg.train.global_batch_size // (world_size * micro)
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    return f"{key}: {msg}" if key else msg
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """YAML file (optional) + dotted overrides -> validated RunConfig."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        merged = schema
+        if path is not None:
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file {path!r} not found")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form dotted.key=value (e.g. optim.lr=1e-4)")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path or 'config'}: {_one_line(err)}") from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: RunConfig, path: str) -> None:
+    """Write the resolved config atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(to_yaml(cfg))
+    os.replace(tmp, path)
