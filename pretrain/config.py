@@ -166,7 +166,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
     lengths = [k for k in ("steps", "samples", "epochs") if getattr(cfg.train, k) is not None]
     if len(lengths) != 1:
-        raise ConfigError(f"give exactly one of train.steps, train.samples, train.epochs (got {lengths or 'none'})")
+        raise ConfigError(f"give exactly one of train.steps, train.samples, train.epochs (got {lengths or 'none'}); "
+                          "set the others to null, e.g. train.epochs=null train.steps=100")
     if cfg.data.mode == "resampled" and cfg.train.epochs is not None:
         raise ConfigError("train.epochs needs data.mode=epoch; with data.mode=resampled give train.steps or train.samples")
     if cfg.train.global_batch_size < 1:
@@ -202,17 +203,24 @@ def _one_line(err: OmegaConfBaseException) -> str:
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
     """YAML file (optional) + dotted overrides -> validated RunConfig."""
-    schema = OmegaConf.structured(RunConfig)
-    try:
-        merged = schema
-        if path is not None:
-            if not os.path.isfile(path):
-                raise ConfigError(f"config file {path!r} not found")
+    merged = OmegaConf.structured(RunConfig)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} not found")
+        try:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form dotted.key=value (e.g. optim.lr=1e-4)")
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{path}: {_one_line(err)}") from None
+        except Exception as err:  # YAML syntax errors
+            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value (e.g. optim.lr=1e-4)")
+        try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {item!r}: {_one_line(err)}") from None
+    try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path or 'config'}: {_one_line(err)}") from None

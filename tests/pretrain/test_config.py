@@ -1,0 +1,63 @@
+"""Run-config loading: recipes validate, overrides apply, every error is one line naming the key."""
+import pytest
+
+from pretrain.config import ConfigError, check_batch_split, load_config, save_config
+
+from tests.conftest import CONFIGS
+
+RECIPES = ["demo-cpu.yaml", "vit-b-32-1node.yaml", "vit-l-14-multinode-zero2.yaml"]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_bundled_recipes_load_and_validate(recipe):
+    cfg = load_config(str(CONFIGS / recipe))
+    assert cfg.data.sources and cfg.train.global_batch_size > 0
+
+
+def test_dotted_overrides_apply_with_types():
+    cfg = load_config(str(CONFIGS / "demo-cpu.yaml"),
+                      ["optim.lr=1e-4", "deepspeed.zero_stage=3", "data.sources=[{path: /x, weight: 2}]"])
+    assert cfg.optim.lr == 1e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.deepspeed.zero_stage == 3
+    assert cfg.data.sources[0].path == "/x" and cfg.data.sources[0].weight == 2.0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["optim.lrr=1"], "optim.lrr"),                       # unknown key, with a suggestion
+    (["optim.lr=abc"], "optim.lr"),                       # wrong type
+    (["deepspeed.zero_stage=5"], "allowed values are 0, 1, 2, 3"),
+    (["deepspeed.precision=fp8"], "deepspeed.precision"),
+    (["loss.local_loss=true", "loss.gather_with_grad=false"], "loss.gather_with_grad"),
+    (["train.steps=10"], "exactly one of train.steps"),
+    (["data.sources=[]"], "data.sources is empty"),
+    (["data.mode=stream"], "data.mode"),
+    (["optim.lr"], "dotted.key=value"),
+    (["model.hf_text_dir=/does/not/exist"], "model.hf_text_dir"),
+])
+def test_invalid_configs_give_one_line_naming_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(str(CONFIGS / "demo-cpu.yaml"), overrides)
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(str(CONFIGS / "vit-l-14-multinode-zero2.yaml"), ["optim.lr=3e-4"])
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_batch_split_counts_micro_batches_and_refuses_remainders():
+    cfg = load_config(str(CONFIGS / "demo-cpu.yaml"), ["train.global_batch_size=128", "train.micro_batch_size=16"])
+    assert check_batch_split(cfg, world_size=2) == 4
+    with pytest.raises(ConfigError, match="not a multiple"):
+        check_batch_split(load_config(str(CONFIGS / "demo-cpu.yaml"), ["train.global_batch_size=100"]), world_size=3)
