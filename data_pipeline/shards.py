@@ -1,0 +1,232 @@
+"""Open a shard dataset (DESIGN.md "Shard dataset") and read its samples.
+
+    ds = open_shards("out/")                       # dir with manifest.json (else sizes.json)
+    ds = open_shards("out/shard-{000000..000009}.tar")  # brace pattern; one .tar works too
+    ds.shards            # [Shard(path, name, samples)], in the dataset's order
+    ds.num_samples       # sum of per-shard counts
+    for s in ds.iter_samples(shards=[0, 3]):   # {key, image_bytes, image_ext, captions, meta, shard}
+        ...
+
+Every path is checked when the dataset is opened, before any work: a missing or unreadable
+shard raises ShardError naming it. Samples are read by scanning tar headers (no index file is
+required from the converter); `index_tar` gives the byte offsets of every member, which the
+streaming loader uses for random access. Member names are only ever dictionary keys, never
+file-system paths.
+"""
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from braceexpand import braceexpand
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+class ShardError(ValueError):
+    """A shard dataset path is missing, unreadable or inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    name: str
+    samples: int  # from manifest.json / sizes.json, else counted from the tar headers
+
+
+@dataclass
+class SampleIndex:
+    """Where one sample's members lie in its tar: ext -> (data offset, size) in bytes."""
+    key: str
+    members: Dict[str, Tuple[int, int]]
+
+
+@dataclass
+class TarIndex:
+    samples: List[SampleIndex]
+    # True when the tar ends mid-member or mid-header: the last, partial sample was dropped.
+    truncated: bool
+
+
+def _split_name(name: str) -> Tuple[str, str]:
+    """webdataset's convention: key = path up to the first dot of the basename, ext = the rest."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:]
+
+
+def index_tar(path: str) -> TarIndex:
+    """Scan the tar headers (seeks past data; ~3 header reads per sample) and group members by key.
+
+    Adjacent members with the same key form one sample. A tar cut short (killed copy, partial
+    download) keeps every complete sample before the cut and reports truncated=True.
+    """
+    size = os.path.getsize(path)
+    samples: List[SampleIndex] = []
+    truncated = False
+    partial_key = None  # key of the sample whose member was cut; None = unknown, drop the last group
+    try:
+        with tarfile.open(path, mode="r:") as tf:
+            while True:
+                try:
+                    info = tf.next()
+                except (tarfile.ReadError, EOFError):
+                    truncated = True
+                    break
+                if info is None:
+                    # A complete tar ends with two zero blocks; a copy cut at a member boundary does not.
+                    truncated = size - tf.offset < 2 * tarfile.BLOCKSIZE
+                    break
+                if not info.isfile():
+                    continue
+                key, ext = _split_name(info.name)
+                if info.offset_data + info.size > size:
+                    truncated, partial_key = True, key
+                    break
+                if not samples or samples[-1].key != key:
+                    samples.append(SampleIndex(key, {}))
+                samples[-1].members[ext] = (info.offset_data, info.size)
+                tf.members.clear()  # tarfile keeps every TarInfo otherwise: O(members) memory per scan
+    except tarfile.ReadError as e:  # not a tar at all (the first header is bad)
+        raise ShardError(f"{path}: not a readable tar file ({e})") from None
+    if truncated and samples and partial_key in (None, samples[-1].key):
+        samples.pop()  # some of its members may be the ones that were cut off
+    return TarIndex(samples, truncated)
+
+
+def read_member(f, span: Tuple[int, int]) -> bytes:
+    offset, size = span
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise EOFError(f"member at offset {offset} cut short ({len(data)} of {size} bytes)")
+    return data
+
+
+def decode_sample(f, entry: SampleIndex) -> dict:
+    """Read one indexed sample: image bytes, caption lines of KEY.txt, KEY.json as a dict.
+
+    Missing members come back empty (image_bytes None, captions [], meta {}); the caller
+    decides whether that is an error (the train loader counts it, eval reports it).
+    """
+    image_ext = next((e for e in IMAGE_EXTS if e in entry.members), None)
+    image_bytes = read_member(f, entry.members[image_ext]) if image_ext else None
+    captions: List[str] = []
+    if "txt" in entry.members:
+        text = read_member(f, entry.members["txt"]).decode("utf-8", errors="replace")
+        captions = [line.strip() for line in text.splitlines() if line.strip()]
+    meta: dict = {}
+    if "json" in entry.members:
+        try:
+            meta = json.loads(read_member(f, entry.members["json"]))
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+    return {"key": entry.key, "image_bytes": image_bytes, "image_ext": image_ext,
+            "captions": captions, "meta": meta if isinstance(meta, dict) else {}}
+
+
+@dataclass
+class ShardSet:
+    spec: str
+    shards: List[Shard]
+    manifest: Optional[dict] = None  # the parsed manifest.json when there is one
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def iter_samples(self, shards: Optional[Sequence[int]] = None) -> Iterator[dict]:
+        """Yield every sample in file order, optionally of a subset of shards (indices into .shards)."""
+        chosen = range(len(self.shards)) if shards is None else shards
+        for i in chosen:
+            shard = self.shards[i]
+            index = index_tar(shard.path)
+            with open(shard.path, "rb") as f:
+                for entry in index.samples:
+                    sample = decode_sample(f, entry)
+                    sample["shard"] = shard.name
+                    yield sample
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise ShardError(f"{path}: not valid JSON ({e}); re-run `clipforge convert` or fix the file") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"{path}: expected a JSON object")
+    return data
+
+
+def _sizes_from_dir(root: str) -> Tuple[Dict[str, int], Optional[dict]]:
+    """Shard name -> sample count, from manifest.json (preferred) or sizes.json; ({}, None) if neither."""
+    manifest_path = os.path.join(root, "manifest.json")
+    if os.path.isfile(manifest_path):
+        manifest = _read_json(manifest_path)
+        try:
+            sizes = {str(s["name"]): int(s["samples"]) for s in manifest["shards"]}
+        except (KeyError, TypeError, ValueError):
+            raise ShardError(f"{manifest_path}: 'shards' must be a list of {{name, samples, ...}}") from None
+        return sizes, manifest
+    sizes_path = os.path.join(root, "sizes.json")
+    if os.path.isfile(sizes_path):
+        try:
+            return {str(k): int(v) for k, v in _read_json(sizes_path).items()}, None
+        except (TypeError, ValueError):
+            raise ShardError(f"{sizes_path}: expected {{\"shard-000000.tar\": count, ...}}") from None
+    return {}, None
+
+
+def _check_readable(paths: List[str]) -> None:
+    """Raise one error naming every missing shard (the first 5 of them), or the first unreadable one."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ShardError(f"{len(missing)} of {len(paths)} shards not found: {', '.join(missing[:5])}{more}")
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise ShardError(f"shard not readable: {path} ({e.strerror})") from None
+
+
+def open_shards(spec: str) -> ShardSet:
+    """Resolve a dataset dir, a .tar or a brace pattern into shards with sample counts.
+
+    Counts come from the dataset's manifest.json / sizes.json (a dir's, or the one next to the
+    tars); a tar that neither lists is counted by scanning its headers.
+    """
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        sizes, manifest = _sizes_from_dir(spec)
+        if not sizes:
+            raise ShardError(f"{spec}: no manifest.json or sizes.json; is this a `clipforge convert` output dir?")
+        paths = [os.path.join(spec, name) for name in sizes]
+    elif not os.path.exists(spec) and "{" not in spec and not spec.endswith(".tar"):
+        raise ShardError(f"dataset not found: {spec} (give a `clipforge convert` output dir, a .tar or a brace pattern)")
+    else:
+        paths = list(braceexpand(spec))
+        if not paths:
+            raise ShardError(f"{spec}: the pattern expands to no paths")
+        sizes, manifest = _sizes_from_dir(os.path.dirname(paths[0]) or ".")
+    _check_readable(paths)
+    shards = []
+    for path in paths:
+        name = os.path.basename(path)
+        count = sizes[name] if name in sizes else len(index_tar(path).samples)
+        shards.append(Shard(path, name, count))
+    if not shards:
+        raise ShardError(f"{spec}: the dataset lists no shards")
+    return ShardSet(spec, shards, manifest)
+
+
+def iter_samples(spec: str, shards: Optional[Sequence[int]] = None) -> Iterator[dict]:
+    """Shorthand for open_shards(spec).iter_samples(shards)."""
+    return open_shards(spec).iter_samples(shards)
