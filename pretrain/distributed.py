@@ -1,0 +1,112 @@
+"""Gather contrastive features across ranks, keeping the gradient exact.
+
+A contrastive loss needs every rank's features as negatives. `all_gather_with_grad(x)` returns
+the rank-major concatenation of every rank's `x` (rank 0's rows first) and sends the gradient of
+each rank's slice back to the rank that owns it, summed over ranks (reduce-scatter): exactly the
+chain rule of "every rank computes its loss from the gathered tensor". torch's own
+`torch.distributed.nn.functional.all_gather` does the same but is deprecated in torch 2.14 (its
+FutureWarning fails the test suite), and it needs equal sizes on every rank. So are (torch 2.14.1,
+FutureWarning) `all_gather_into_tensor` and `reduce_scatter_tensor`: we use their replacements
+`all_gather_single` and `reduce_scatter_single`.
+
+Local sizes may differ (the loader drops undecodable samples): the sizes are gathered first, each
+rank pads to the largest, one `all_gather_single` moves the data and the pads are dropped.
+Works on gloo (CPU) and NCCL (GPU): only `all_gather_single` and `reduce_scatter_single`.
+When torch.distributed is not initialised (or world size is 1) everything is the identity.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def world_size(group=None) -> int:
+    """World size of the (default) process group; 1 when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+def rank(group=None) -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group)
+    return 0
+
+
+def gather_sizes(n: int, device: torch.device, group=None) -> List[int]:
+    """Every rank's local row count, in rank order ([n] when not distributed)."""
+    world = world_size(group)
+    if world == 1:
+        return [n]
+    # One int64 per rank; on NCCL it must live on the GPU, hence `device`.
+    mine = torch.tensor([n], dtype=torch.int64, device=device)
+    out = torch.empty(world, dtype=torch.int64, device=device)
+    dist.all_gather_single(out, mine, group=group)
+    return out.tolist()
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    if x.shape[0] == rows:
+        return x.contiguous()
+    return torch.cat([x, x.new_zeros((rows - x.shape[0],) + tuple(x.shape[1:]))])
+
+
+class _AllGatherVariable(torch.autograd.Function):
+    """forward: all_gather of padded rows, pads dropped; backward: reduce-scatter (sum) of the grad."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sizes: Sequence[int], group) -> Tensor:
+        ctx.sizes, ctx.group = tuple(sizes), group
+        ctx.rank = rank(group)
+        most = max(sizes)
+        out = x.new_empty((len(sizes) * most,) + tuple(x.shape[1:]))
+        dist.all_gather_single(out, _pad_rows(x, most), group=group)
+        if all(s == most for s in sizes):
+            return out
+        # [world * most, ...] -> drop each rank's pad rows.
+        return torch.cat([out[r * most: r * most + s] for r, s in enumerate(sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        sizes, most = ctx.sizes, max(ctx.sizes)
+        # Every rank holds d(its loss)/d(all rows); rank r needs the sum over ranks of rows of r.
+        padded = torch.cat([_pad_rows(g, most) for g in grad.split(list(sizes))])
+        mine = grad.new_empty((most,) + tuple(grad.shape[1:]))
+        dist.reduce_scatter_single(mine, padded.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
+        return mine[: sizes[ctx.rank]], None, None
+
+
+def all_gather_with_grad(x: Tensor, sizes: Optional[Sequence[int]] = None, group=None) -> Tensor:
+    """Concatenate `x` [n_r, ...] of all ranks along dim 0 (rank order), differentiably.
+
+    `sizes`: every rank's n_r if already known (saves one small collective); else gathered here.
+    The gradient w.r.t. the local `x` is the sum over ranks of the gradient of its rows: with a
+    loss computed on every rank from the gathered tensor and the usual 1/world averaging of
+    parameter gradients (DDP, DeepSpeed), training gets exactly the single-process gradient.
+    Identity when not distributed.
+    """
+    if world_size(group) == 1:
+        return x
+    if sizes is None:
+        sizes = gather_sizes(x.shape[0], x.device, group)
+    if sizes[rank(group)] != x.shape[0]:
+        raise ValueError(f"all_gather_with_grad: sizes[{rank(group)}]={sizes[rank(group)]} but the local "
+                         f"tensor has {x.shape[0]} rows")
+    return _AllGatherVariable.apply(x, tuple(sizes), group)
+
+
+def all_gather_no_grad(x: Tensor, sizes: Optional[Sequence[int]] = None, group=None) -> Tensor:
+    """open_clip's `gather_with_grad=False`: other ranks' rows are constants, the local slice stays live.
+
+    The gradient is then only this rank's own terms (1/world of the exact gradient for the global
+    loss); kept for parity with open_clip's default, not recommended.
+    """
+    if world_size(group) == 1:
+        return x
+    if sizes is None:
+        sizes = gather_sizes(x.shape[0], x.device, group)
+    with torch.no_grad():
+        gathered = _AllGatherVariable.apply(x.detach(), tuple(sizes), group)
+    start = sum(sizes[: rank(group)])
+    return torch.cat([gathered[:start], x, gathered[start + x.shape[0]:]])

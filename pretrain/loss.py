@@ -1,0 +1,150 @@
+"""Contrastive losses: InfoNCE (CLIP) and SigLIP, exact across ranks, with variable local batch sizes.
+
+    loss_fn = build_loss(cfg.loss, rank, world_size)
+    loss = loss_fn(image_features, text_features, logit_scale, logit_bias)
+
+Inputs, per rank: L2-normalised `image_features`, `text_features` [b_r, d] (this rank's rows; b_r
+may differ between ranks when the loader dropped bad samples) and `logit_scale`: the SCALE, not
+its log -- open_clip's convention, its model's forward returns `logit_scale.exp()`. It is clamped
+here to loss.max_logit_scale (an out-of-place clamp: safe under ZeRO-3, where the parameter cannot
+be clamped in place; gradient zero beyond the clamp, as torch.clamp). `logit_bias`: SigLIP's bias
+(open_clip returns it as is), optional; InfoNCE adds it too (a constant shift: no effect).
+
+Semantics (value and gradient) are open_clip's ClipLoss(gather_with_grad=True) / SigLipLoss:
+  infonce, global (loss.local_loss=false): every rank computes the full-batch loss over the
+      gathered N = sum(b_r) rows: (CE(S, labels) + CE(S^T, labels)) / 2, S = s * I @ T^T + b.
+  infonce, local: rank r computes only its rows (images vs all texts, texts vs all images, labels
+      offset by the rows of lower ranks); loss_r = world * (sum of its rows' CE) / (2N).
+  siglip: rank r's images vs all texts, -sum(logsigmoid(+-S)) * world / N.
+With equal b_r the per-rank values are exactly open_clip's. In every mode mean_r(loss_r) is the
+full-batch loss and the gradient w.r.t. rank r's features is world * d(full loss)/d(its rows), so
+the 1/world averaging of parameter gradients (DDP, DeepSpeed) gives the single-process gradient.
+
+Gradient accumulation that keeps all negatives: see `splice_micro_batch` and `per_micro_batch`.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretrain import distributed
+from pretrain.config import LossConfig
+from pretrain.tiled_loss import tiled_infonce_global, tiled_infonce_local_sum
+
+
+class ContrastiveLoss(nn.Module):
+    """InfoNCE or SigLIP over features gathered from all ranks (see the module docstring)."""
+
+    def __init__(self, cfg: LossConfig, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return (f"kind={c.kind}, impl={c.impl}, tile_size={c.tile_size}, local_loss={c.local_loss}, "
+                f"gather_with_grad={c.gather_with_grad}, rank={self.rank}, world_size={self.world_size}")
+
+    def _gather(self, x: Tensor, sizes: Sequence[int]) -> Tensor:
+        if self.cfg.gather_with_grad:
+            return distributed.all_gather_with_grad(x, sizes)
+        return distributed.all_gather_no_grad(x, sizes)
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Optional[Tensor] = None) -> Tensor:
+        if image_features.shape != text_features.shape:
+            raise ValueError(f"loss: image_features {tuple(image_features.shape)} and text_features "
+                             f"{tuple(text_features.shape)} must have the same shape [b, d]")
+        actual = distributed.world_size()
+        if actual != self.world_size:
+            raise RuntimeError(f"loss was built for world_size={self.world_size} but torch.distributed has "
+                               f"{actual}: build it after init_process_group with the real rank/world size")
+        scale = logit_scale.clamp(max=self.cfg.max_logit_scale)
+        sizes = distributed.gather_sizes(image_features.shape[0], image_features.device)
+        total = sum(sizes)
+        if total == 0:
+            raise ValueError("loss: the global batch is empty (every rank has 0 rows); skip this step")
+        if self.cfg.kind == "siglip":
+            return self._siglip(image_features, text_features, scale, logit_bias, sizes)
+        return self._infonce(image_features, text_features, scale, logit_bias, sizes)
+
+    def _infonce(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
+                 sizes: Sequence[int]) -> Tensor:
+        total, tile = sum(sizes), self.cfg.tile_size
+        all_image, all_text = self._gather(image, sizes), self._gather(text, sizes)
+        if not self.cfg.local_loss or self.world_size == 1:
+            if self.cfg.impl == "tiled":
+                return tiled_infonce_global(all_image, all_text, scale, bias, tile)
+            logits = scale * all_image @ all_text.T
+            if bias is not None:
+                logits = logits + bias
+            labels = torch.arange(total, device=image.device)
+            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        if self.cfg.impl == "tiled":
+            row_sum = tiled_infonce_local_sum(image, text, all_image, all_text, scale, bias, tile)
+        else:
+            offset = sum(sizes[: self.rank])
+            labels = torch.arange(image.shape[0], device=image.device) + offset
+            logits_image = scale * image @ all_text.T
+            logits_text = scale * text @ all_image.T
+            if bias is not None:
+                logits_image, logits_text = logits_image + bias, logits_text + bias
+            # Sums, not means: a rank whose batch lost every sample contributes 0, not NaN.
+            row_sum = (F.cross_entropy(logits_image, labels, reduction="sum")
+                       + F.cross_entropy(logits_text, labels, reduction="sum"))
+        return row_sum * self.world_size / (2 * total)
+
+    def _siglip(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
+                sizes: Sequence[int]) -> Tensor:
+        all_text = self._gather(text, sizes)
+        logits = scale * image @ all_text.T
+        if bias is not None:
+            logits = logits + bias
+        # +1 for the positive pair (row i, column offset+i), -1 elsewhere: [b_r, N].
+        signs = -torch.ones_like(logits)
+        rows = torch.arange(image.shape[0], device=image.device)
+        signs[rows, rows + sum(sizes[: self.rank])] = 1
+        return -F.logsigmoid(signs * logits).sum() * self.world_size / sum(sizes)
+
+
+def build_loss(loss_cfg: LossConfig, rank: int, world_size: int) -> ContrastiveLoss:
+    """The configured loss for this rank (call after torch.distributed is initialised, if it is)."""
+    return ContrastiveLoss(loss_cfg, rank, world_size)
+
+
+# ---- gradient accumulation with feature caching (open_clip accum_freq, but exact) --------------
+#
+# A step of K micro-batches whose loss is that of the whole batch (all K*b negatives):
+#
+#   with torch.no_grad():                                   # pass 1: features only, no graph
+#       cached = [model(mb) for mb in micro_batches]         # (image [b_j,d], text [b_j,d]) each
+#   for j, mb in enumerate(micro_batches):                   # pass 2: one micro-batch with grad
+#       image_j, text_j, scale, bias = model(mb)             # same RNG state as pass 1 (dropout!)
+#       loss = loss_fn(splice_micro_batch([c[0] for c in cached], image_j, j),
+#                      splice_micro_batch([c[1] for c in cached], text_j, j),
+#                      per_micro_batch(scale, K), per_micro_batch(bias, K))
+#       backward(loss)       # NO 1/K scaling (DeepSpeed: engine.backward(loss, scale_wrt_gas=False))
+#
+# Every pass-2 loss has the full-batch value (log it once). Micro-batch j's backward gives its
+# parameters exactly their share of the full-batch gradient, so the K backward passes sum to the
+# full-batch gradient of the towers. logit_scale/bias appear live in all K losses: per_micro_batch
+# scales their gradient by 1/K (value unchanged) so it too sums to the full-batch gradient
+# (open_clip's accum_freq counts it K times). Across ranks each rank passes its own K micro-batches.
+
+
+def splice_micro_batch(cached: Sequence[Tensor], live: Tensor, index: int) -> Tensor:
+    """All micro-batches' features in order [sum b_j, d], micro-batch `index` replaced by `live`."""
+    if cached[index].shape != live.shape:
+        raise ValueError(f"micro-batch {index}: live features {tuple(live.shape)} differ from the cached "
+                         f"{tuple(cached[index].shape)} (the two passes must see the same samples)")
+    parts = [c.detach() for c in cached]
+    parts[index] = live
+    return torch.cat(parts)
+
+
+def per_micro_batch(param: Optional[Tensor], num_micro_batches: int) -> Optional[Tensor]:
+    """Same value as `param`, gradient divided by K: K accumulated backward passes sum to one."""
+    if param is None or num_micro_batches == 1:
+        return param
+    frozen = param.detach()
+    return frozen + (param - frozen) / num_micro_batches
