@@ -5,10 +5,13 @@
 
 Inputs, per rank: L2-normalised `image_features`, `text_features` [b_r, d] (this rank's rows; b_r
 may differ between ranks when the loader dropped bad samples) and `logit_scale`: the SCALE, not
-its log -- open_clip's convention, its model's forward returns `logit_scale.exp()`. It is clamped
-here to loss.max_logit_scale (an out-of-place clamp: safe under ZeRO-3, where the parameter cannot
-be clamped in place; gradient zero beyond the clamp, as torch.clamp). `logit_bias`: SigLIP's bias
-(open_clip returns it as is), optional; InfoNCE adds it too (a constant shift: no effect).
+its log -- open_clip's convention, its model's forward returns `logit_scale.exp()`. Its value is
+capped here at loss.max_logit_scale, out of place (safe under ZeRO-3, where the parameter cannot be
+clamped in place), with the gradient passed straight through: open_clip clamps the parameter after
+the step and never cuts the gradient (torch.clamp would: zero gradient at and beyond the cap, so a
+scale clamped in place to exactly ln 100 would freeze). The trainer should still clamp the
+parameter where it can, so it does not drift past the cap. `logit_bias`: SigLIP's bias (open_clip
+returns it as is), optional; InfoNCE adds it too (a constant shift: no effect).
 
 Semantics (value and gradient) are open_clip's ClipLoss(gather_with_grad=True) / SigLipLoss:
   infonce, global (loss.local_loss=false): every rank computes the full-batch loss over the
@@ -59,7 +62,7 @@ class ContrastiveLoss(nn.Module):
         if actual != self.world_size:
             raise RuntimeError(f"loss was built for world_size={self.world_size} but torch.distributed has "
                                f"{actual}: build it after init_process_group with the real rank/world size")
-        scale = logit_scale.clamp(max=self.cfg.max_logit_scale)
+        scale = _cap(logit_scale, self.cfg.max_logit_scale)
         sizes = distributed.gather_sizes(image_features.shape[0], image_features.device)
         total = sum(sizes)
         if total == 0:
@@ -105,6 +108,11 @@ class ContrastiveLoss(nn.Module):
         rows = torch.arange(image.shape[0], device=image.device)
         signs[rows, rows + sum(sizes[: self.rank])] = 1
         return -F.logsigmoid(signs * logits).sum() * self.world_size / sum(sizes)
+
+
+def _cap(scale: Tensor, cap: float) -> Tensor:
+    """min(scale, cap) in value, gradient 1 everywhere (straight through)."""
+    return torch.where(scale > cap, scale - scale.detach() + cap, scale)
 
 
 def build_loss(loss_cfg: LossConfig, rank: int, world_size: int) -> ContrastiveLoss:

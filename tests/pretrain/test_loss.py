@@ -45,15 +45,17 @@ def test_siglip_matches_open_clip():
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
-def test_logit_scale_is_clamped_in_forward():
+def test_logit_scale_is_capped_with_a_straight_through_gradient():
+    """Past the cap the value is the cap's; the gradient is the one at the cap, never cut to 0."""
     image, text = _features(8, 4, seed=2)
     loss_fn = build_loss(LossConfig(max_logit_scale=100.0), 0, 1)
     too_big = torch.tensor(150.0, dtype=torch.float64, requires_grad=True)
-    at_max = torch.tensor(100.0, dtype=torch.float64)
-    loss = loss_fn(image, text, too_big)
-    assert loss.item() == loss_fn(image, text, at_max).item()
+    at_max = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
+    loss, ref = loss_fn(image, text, too_big), loss_fn(image, text, at_max)
+    assert loss.item() == ref.item()
     loss.backward()
-    assert too_big.grad.item() == 0.0  # torch.clamp: no gradient pushes it further past the clamp
+    ref.backward()
+    assert too_big.grad.item() == at_max.grad.item() != 0.0
 
 
 def test_empty_global_batch_is_refused():
