@@ -1,0 +1,57 @@
+"""bench.gpu's logic on CPU (tiny model): batch search, MFU arithmetic, rows, GPU-section render.
+
+The CUDA figures themselves are only measured on a GPU machine (bench/gpu.py writes them)."""
+import pytest
+
+from bench.common import section, with_section
+from bench.gpu import largest_batch, measure, render, rows
+
+
+def _search(limit_ok, start=64, limit=1 << 16, granularity=64):
+    calls = []
+
+    def fits(b):
+        calls.append(b)
+        return b <= limit_ok
+    return largest_batch(fits, start, limit, granularity), calls
+
+
+def test_largest_batch_bisects_to_granularity():
+    b, calls = _search(1000)
+    assert b == 960                      # largest multiple of 64 that is <= 1000
+    assert calls[:6] == [64, 128, 256, 512, 1024, 768]
+    assert len(calls) <= 10              # doubling + bisection, not a linear scan
+
+
+def test_largest_batch_edges():
+    assert _search(63)[0] == 0                       # not even the start fits
+    assert _search(10 ** 9, limit=4096)[0] == 4096   # everything fits: the cap
+    assert _search(5000, limit=4096)[0] == 4096
+    assert _search(100, start=100, granularity=1)[0] == 100
+
+
+@pytest.fixture(scope="module")
+def cpu_run():
+    return measure(quick=True)
+
+
+def test_cpu_logic_check_reports_numbers(cpu_run):
+    assert cpu_run["cuda"] is False
+    (t,) = cpu_run["train"]
+    assert t["batch"] == 16 and t["samples_per_s"] > 0 and t["params"] > 1_000_000
+    # MFU is exactly model FLOPs x throughput over the measured peak
+    assert t["mfu"] == pytest.approx(t["train_flops_per_sample"] * t["samples_per_s"] / cpu_run["peak"])
+    assert 0 < t["mfu"] < 1 and 0 <= t["data_wait_fraction"] < 0.05
+    for r in cpu_run["loss"]:
+        assert r["tiled_status"] == "ok" and r["naive_status"] == "ok" and r["tiled_s"] > 0
+
+
+def test_rows_are_labelled_and_section_renders(cpu_run):
+    out = rows(cpu_run)
+    assert [r["name"] for r in out] == ["gpu-train", "gpu-loss"]
+    assert all("CPU logic check" in r["metric"] for r in out)
+    assert out[1]["ratio"] == pytest.approx(out[1]["peer_value"] / out[1]["clipforge"])
+    body = render(cpu_run)
+    assert "| tiny-vit | 16 |" in body and "| 1,024 |" in body
+    text = with_section("# clipforge benchmarks\n", "gpu", body)
+    assert section(text, "gpu").strip() == body.strip()
