@@ -1,0 +1,93 @@
+"""Fast image path of the train loader: bytes -> uint8 [3, S, S], open_clip's train augmentation.
+
+Measured on this machine (docs/loader.md, ../shared/notes/fast-images.md): on 256-px shard JPEGs
+the resize, not the decode, is the cost; Pillow's antialiased bicubic is ~1.7 ms of PIL's 2.5 ms
+per image, simplejpeg (libjpeg-turbo) + OpenCV is ~0.65 ms. So:
+  1. simplejpeg decodes straight to RGB, at 1/2, 1/4 or 1/8 scale (DCT-domain, most decode work
+     skipped) when the image is much larger than needed; other formats go through Pillow.
+  2. The crop box is chosen as torchvision's RandomResizedCrop does (scale (0.9, 1.0) = open_clip's
+     default train scale, ratio (3/4, 4/3)), from a per-sample seeded RNG, on the decoded image.
+  3. One OpenCV resize of the crop (a view, no copy) to S x S: bicubic, or area averaging when it
+     shrinks by more than 2x (OpenCV's cubic has no antialias filter; Pillow's has).
+The result stays uint8; normalisation by the model's mean/std happens on the device (4x less to copy).
+"""
+import io
+import math
+
+import cv2
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+TRAIN_SCALE = (0.9, 1.0)  # open_clip AugmentationCfg().scale
+TRAIN_RATIO = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop default
+# The crop's shorter side is at least sqrt(0.9 * 3/4) = 0.82 of the image's: decoding at a reduced
+# scale is safe while the decoded shorter side stays >= size / 0.8.
+_CROP_MIN_FRACTION = 0.8
+
+
+class DecodeError(ValueError):
+    """The bytes are not a decodable image."""
+
+
+def decode_rgb(data: bytes, ext: str, min_short_side: int = 0) -> np.ndarray:
+    """HxWx3 uint8 RGB; JPEGs decoded at the smallest libjpeg scale that keeps the shorter side >= min_short_side."""
+    if ext in ("jpg", "jpeg"):
+        try:
+            kwargs = {}
+            if min_short_side:
+                h, w = simplejpeg.decode_jpeg_header(data)[:2]
+                scale = min_short_side / max(1, min(h, w))
+                if scale < 0.5:
+                    kwargs = {"min_height": math.ceil(h * scale), "min_width": math.ceil(w * scale)}
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", **kwargs)
+        except ValueError:
+            pass  # e.g. CMYK or an unusual JPEG: let Pillow try before calling it corrupt
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if min_short_side and im.format == "JPEG":
+                im.draft("RGB", (min_short_side, min_short_side))
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError, ...)
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
+
+
+def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                            scale=TRAIN_SCALE, ratio=TRAIN_RATIO):
+    """(top, left, crop_h, crop_w) by torchvision's RandomResizedCrop.get_params algorithm."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    # Fallback to a central crop at the nearest allowed aspect ratio.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resize_crop(image: np.ndarray, box, size: int) -> np.ndarray:
+    """Resize image[top:top+h, left:left+w] to size x size (HxWx3 uint8)."""
+    top, left, h, w = box
+    crop = image[top:top + h, left:left + w]
+    shrink = size / min(h, w)
+    interpolation = cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_CUBIC
+    return cv2.resize(crop, (size, size), interpolation=interpolation)
+
+
+def train_image(data: bytes, ext: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Encoded image -> uint8 [3, size, size], open_clip's train crop with this sample's RNG."""
+    image = decode_rgb(data, ext, min_short_side=math.ceil(size / _CROP_MIN_FRACTION))
+    box = random_resized_crop_box(image.shape[0], image.shape[1], rng)
+    return resize_crop(image, box, size).transpose(2, 0, 1)

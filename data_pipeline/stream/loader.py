@@ -1,0 +1,149 @@
+"""build_train_loader: per-rank training batches from the sources of a DataConfig, exactly resumable.
+
+    loader = build_train_loader(cfg.data, seed=0, global_batch_size=256, rank=r, world_size=w,
+                                image_size=224, mean=..., std=..., tokenizer=tok, state=ckpt.get("loader"))
+    for batch in loader:          # the rest of the current epoch; a new `for` starts the next one
+        batch["images"]           # uint8 [b, 3, 224, 224]   (b = B / world, fewer when samples were bad)
+        batch["tokens"]           # int64 [b, L]
+        batch["keys"]             # list[str]
+        ckpt["loader"] = loader.state_dict()   # the state after the batch just yielded
+
+The main process walks the global sample plan (data_pipeline.stream.plan) and hands each step's
+slice for this rank to a torch DataLoader, which round-robins them over its workers and returns
+them in order: the batch sequence is deterministic for any worker count.
+"""
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from data_pipeline.config import DataConfig
+from data_pipeline.shards import open_shards
+from data_pipeline.stream.dataset import BatchDataset
+from data_pipeline.stream.plan import SamplePlan
+
+STATE_FORMAT = "clipforge-loader"
+
+
+class LoaderStateError(ValueError):
+    """A saved loader state does not fit this run (other data, seed or global batch size)."""
+
+
+class _PlanSampler(torch.utils.data.Sampler):
+    """The DataLoader's sampler: yields the BatchRequests the TrainLoader set for this pass."""
+
+    def __init__(self):
+        self.requests: Iterator = iter(())
+
+    def __iter__(self):
+        return self.requests
+
+
+def _passthrough(batch):
+    return batch  # the dataset already returns a collated batch
+
+
+class TrainLoader:
+    def __init__(self, plan: SamplePlan, dataset: BatchDataset, data_cfg: DataConfig, *, rank: int,
+                 world_size: int, preprocess: Dict, identity: Dict):
+        self.plan, self.rank, self.world_size = plan, rank, world_size
+        self.preprocess = preprocess  # image size, mean, std: normalisation happens on the device
+        self._identity = identity  # what a saved state must match to be resumable here
+        self._state = plan.initial_state()
+        self.counters: Dict[str, int] = {}
+        # Seconds the consumer spent blocked in next(batch) and samples handed out: the trainer's
+        # data-wait fraction is data_wait_s / wall time, its throughput samples_yielded / wall time.
+        self.data_wait_s = 0.0
+        self.samples_yielded = 0
+        self._sampler = _PlanSampler()
+        workers = data_cfg.workers
+        self._loader = torch.utils.data.DataLoader(
+            dataset, sampler=self._sampler, batch_size=None, collate_fn=_passthrough, num_workers=workers,
+            persistent_workers=workers > 0, prefetch_factor=data_cfg.prefetch if workers > 0 else None)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.plan.samples_per_epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self._state["step"] // self.plan.steps_per_epoch
+
+    @property
+    def step(self) -> int:
+        return self._state["step"]
+
+    def __len__(self) -> int:
+        """Steps left in the current epoch (what one `for batch in loader` pass yields)."""
+        return self.plan.steps_per_epoch - self._state["step"] % self.plan.steps_per_epoch
+
+    def __iter__(self):
+        self._sampler.requests = self.plan.requests(dict(self._state), self.rank, self.world_size)
+        batches = iter(self._loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                out = next(batches)
+            except StopIteration:
+                return
+            self.data_wait_s += time.perf_counter() - t0
+            for reason, n in out["skipped"].items():
+                self.counters[reason] = self.counters.get(reason, 0) + n
+            self._state = out["request"].state_after
+            self.samples_yielded += len(out["keys"])
+            yield {"images": out["images"], "tokens": out["tokens"], "keys": out["keys"]}
+
+    def state_dict(self) -> Dict:
+        return {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
+                "step": self._state["step"], "position": self._state["position"],
+                "consumed": list(self._state["consumed"]), "counters": dict(self.counters)}
+
+    def load_state_dict(self, state: Dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise LoaderStateError("loader state: not a clipforge loader state dict (missing format marker)")
+        for key, value in self._identity.items():
+            if state.get(key) != value:
+                raise LoaderStateError(
+                    f"loader state: {key}={state.get(key)!r} in the checkpoint but {value!r} in this run; exact "
+                    f"resume needs the same data, seed, mode and global batch size (start a new run to change them)")
+        self._state = {"step": int(state["step"]), "position": int(state["position"]),
+                       "consumed": [int(c) for c in state["consumed"]]}
+        self.counters = {str(k): int(v) for k, v in state.get("counters", {}).items()}
+
+
+def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
+                       image_size: int, mean: Sequence[float], std: Sequence[float],
+                       tokenizer: Callable[[List[str]], torch.Tensor], state: Optional[Dict] = None,
+                       drop_last: bool = True) -> TrainLoader:
+    """The train loader of one rank. Opens (and checks) every shard path before starting anything."""
+    data_cfg.validate()
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} is outside world_size={world_size}")
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size={global_batch_size}: must be >= 1")
+    shard_sets = [open_shards(source.path) for source in data_cfg.sources]
+    for source, shard_set in zip(data_cfg.sources, shard_sets):
+        if shard_set.num_samples == 0:
+            raise ValueError(f"data.sources: {source.path} holds 0 samples")
+    sizes = [[s.samples for s in shard_set.shards] for shard_set in shard_sets]
+    plan = SamplePlan(sizes, [s.weight for s in data_cfg.sources], mode=data_cfg.mode, seed=seed,
+                      window=data_cfg.shuffle_window, global_batch_size=global_batch_size, drop_last=drop_last)
+    if plan.steps_per_epoch == 0:
+        raise ValueError(f"global batch size {global_batch_size} is larger than the {plan.samples_per_epoch} samples "
+                         f"of an epoch of data.sources; lower the batch size or pass drop_last=False")
+    dataset = BatchDataset([[s.path for s in shard_set.shards] for shard_set in shard_sets], seed=seed,
+                           image_size=image_size, tokenizer=tokenizer)
+    identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
+                "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
+                "samples_per_source": [shard_set.num_samples for shard_set in shard_sets],
+                "weights": [float(s.weight) for s in data_cfg.sources]}
+    loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size,
+                         preprocess={"image_size": image_size, "mean": list(mean), "std": list(std)},
+                         identity=identity)
+    if state is not None:
+        loader.load_state_dict(state)
+    return loader
