@@ -11,7 +11,9 @@ clamped in place), with the gradient passed straight through: open_clip clamps t
 the step and never cuts the gradient (torch.clamp would: zero gradient at and beyond the cap, so a
 scale clamped in place to exactly ln 100 would freeze). The trainer should still clamp the
 parameter where it can, so it does not drift past the cap. `logit_bias`: SigLIP's bias (open_clip
-returns it as is), optional; InfoNCE adds it too (a constant shift: no effect).
+returns it as is), optional; InfoNCE adds it too (a constant shift: no effect). bf16/fp16 inputs
+are computed in fp32 with autocast off (the gradients return in the inputs' dtype); fp32 and fp64
+stay as they are.
 
 Semantics (value and gradient) are open_clip's ClipLoss(gather_with_grad=True) / SigLipLoss:
   infonce, global (loss.local_loss=false): every rank computes the full-batch loss over the
@@ -62,14 +64,17 @@ class ContrastiveLoss(nn.Module):
         if actual != self.world_size:
             raise RuntimeError(f"loss was built for world_size={self.world_size} but torch.distributed has "
                                f"{actual}: build it after init_process_group with the real rank/world size")
-        scale = _cap(logit_scale, self.cfg.max_logit_scale)
         sizes = distributed.gather_sizes(image_features.shape[0], image_features.device)
-        total = sum(sizes)
-        if total == 0:
+        if sum(sizes) == 0:
             raise ValueError("loss: the global batch is empty (every rank has 0 rows); skip this step")
-        if self.cfg.kind == "siglip":
-            return self._siglip(image_features, text_features, scale, logit_bias, sizes)
-        return self._infonce(image_features, text_features, scale, logit_bias, sizes)
+        image, text, scale, bias = (_at_least_fp32(t) for t in (image_features, text_features,
+                                                                logit_scale, logit_bias))
+        scale = _cap(scale, self.cfg.max_logit_scale)
+        # bf16 logits at scale 100 would be off by ~0.4: the loss runs in fp32 even under autocast.
+        with torch.autocast(image.device.type, enabled=False):
+            if self.cfg.kind == "siglip":
+                return self._siglip(image, text, scale, bias, sizes)
+            return self._infonce(image, text, scale, bias, sizes)
 
     def _infonce(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
                  sizes: Sequence[int]) -> Tensor:
@@ -108,6 +113,13 @@ class ContrastiveLoss(nn.Module):
         rows = torch.arange(image.shape[0], device=image.device)
         signs[rows, rows + sum(sizes[: self.rank])] = 1
         return -F.logsigmoid(signs * logits).sum() * self.world_size / sum(sizes)
+
+
+def _at_least_fp32(t: Optional[Tensor]) -> Optional[Tensor]:
+    """bf16/fp16 -> fp32 (differentiable: the gradient goes back in the input's dtype)."""
+    if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t
 
 
 def _cap(scale: Tensor, cap: float) -> Tensor:

@@ -58,6 +58,19 @@ def test_logit_scale_is_capped_with_a_straight_through_gradient():
     assert too_big.grad.item() == at_max.grad.item() != 0.0
 
 
+@pytest.mark.parametrize("kind", ["infonce", "siglip"])
+def test_bf16_features_give_the_fp32_loss_under_autocast(kind):
+    image, text = (t.detach().bfloat16().requires_grad_() for t in _features(16, 8, seed=6))
+    scale, bias = torch.tensor(30.0, dtype=torch.bfloat16), torch.tensor(-5.0)
+    loss_fn = build_loss(LossConfig(kind=kind), 0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = loss_fn(image, text, scale, bias)
+    ref = loss_fn(image.detach().float(), text.detach().float(), scale.float(), bias)
+    assert loss.dtype == torch.float32 and loss.item() == ref.item()
+    loss.backward()
+    assert image.grad.dtype == torch.bfloat16
+
+
 def test_empty_global_batch_is_refused():
     empty = torch.zeros(0, 4)
     with pytest.raises(ValueError, match="global batch is empty"):
