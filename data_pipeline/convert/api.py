@@ -1,0 +1,125 @@
+"""`convert(inputs, out_dir, ...)`: the Python API behind `clipforge convert`."""
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from typing import Dict, List, Optional
+
+from tqdm import tqdm
+
+from .merge import merge, missing_shards
+from .options import ConvertOptions
+from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
+from .process import process_shard
+from .readers import read_inputs
+from .shard_writer import read_stats, write_shard
+
+EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Dedup:
+    """Exact duplicates by sha256 of the source bytes; the first item in input order wins.
+
+    Shards are written in index order by one process, so "first" never depends on worker timing. Seeded from this
+    node's complete shards on resume; with several nodes, each node dedups its own shards (cross-node duplicates stay).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.seen = enabled, {}
+
+    def seed(self, out_dir: str, index: int) -> None:
+        import pyarrow.parquet as pq
+        table = pq.read_table(os.path.join(out_dir, f"shard-{index:06d}.parquet"), columns=["key", "status", "sha256"])
+        for key, status, sha in zip(*(table.column(c).to_pylist() for c in ("key", "status", "sha256"))):
+            if status == "success":
+                self.seen.setdefault(sha, key)
+
+    def apply(self, results: List[dict]) -> None:
+        if not self.enabled:
+            return
+        for result in results:
+            if result["status"] != "success":
+                continue
+            first = self.seen.setdefault(result["sha256"], result["key"])
+            if first != result["key"]:
+                result.update(status="duplicate", reason="same bytes as an earlier item", data=None,
+                              error_message=f"same bytes as an earlier item: key {first} (sha256 {result['sha256'][:12]})")
+
+
+def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: int = 256,
+            resize_mode: str = "keep_ratio", samples_per_shard: int = 1000, workers: int = 1,
+            include_list: Optional[str] = None, **more) -> Dict:
+    """Convert INPUTS into a shard dataset in OUT_DIR (DESIGN.md "Shard dataset"); returns the run summary.
+
+    `more` takes every other ConvertOptions field (image_col, caption_col, keep_cols, encode_format, quality,
+    min_size, max_aspect_ratio, max_pixels, dedup, num_nodes, node_rank, threads, timeout, retries, progress, ...).
+    Raises ConvertError (one line, names the file/flag) for bad input found before per-item work.
+    """
+    options = ConvertOptions(inputs=[str(path) for path in inputs], fmt=fmt, image_size=image_size,
+                             resize_mode=resize_mode, samples_per_shard=samples_per_shard, workers=workers,
+                             include_list=include_list, **more)
+    options.validate()
+    log = _log if options.progress else (lambda message: None)
+    started = time.perf_counter()
+    items = read_inputs(options, log=log)
+    os.makedirs(out_dir, exist_ok=True)
+    plan = make_plan(items, options)
+    write_or_check_plan(out_dir, plan)
+    mine = [(index, keyed) for index, keyed in shard_tasks(items, options) if owned_by(index, options)]
+    complete = {index for index, _ in mine if read_stats(out_dir, index) is not None}
+    todo = [(index, keyed, options) for index, keyed in mine if index not in complete]
+    dedup = _Dedup(options.dedup)
+    for index in sorted(complete) if options.dedup else ():
+        dedup.seed(out_dir, index)
+    if complete:
+        log(f"clipforge convert: resuming: {len(complete)} complete shard(s) skipped, {len(todo)} to do")
+    extension = EXTENSIONS[options.encode_format]
+    work_items = sum(len(keyed) for _, keyed, _ in todo)
+    bar = tqdm(total=work_items, unit="img", desc="convert", disable=not options.progress or not todo,
+               file=sys.stderr, smoothing=0.1)
+    done_started = time.perf_counter()
+
+    def finish(index: int, results: List[dict]) -> None:
+        # Dedup must see earlier shards first: index order is guaranteed by the ordered map below.
+        dedup.apply(results)
+        write_shard(out_dir, index, results, extension, options.keep_cols)
+
+    try:
+        if options.workers == 1 or len(todo) <= 1:
+            for task in todo:
+                finish(*process_shard(task, on_item=lambda: bar.update(1)))
+        else:
+            context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads (tqdm)
+            with context.Pool(min(options.workers, len(todo))) as pool:
+                for index, results in pool.imap(process_shard, todo):
+                    finish(index, results)
+                    bar.update(len(results))
+    finally:
+        bar.close()
+    seconds_working = time.perf_counter() - done_started
+    counts, reasons = Counter(), Counter()
+    for index, _ in mine:
+        stats = read_stats(out_dir, index)
+        counts.update(stats["counts"])
+        reasons.update(stats["errors"])
+    manifest = None
+    if not missing_shards(out_dir, plan["num_shards"]):
+        manifest = merge(out_dir)
+    elif options.num_nodes > 1:
+        log(f"clipforge convert: node {options.node_rank}/{options.num_nodes} done; the manifest is written when "
+            f"all {plan['num_shards']} shards are complete (clipforge convert --merge-only --out {out_dir})")
+    summary = {
+        "out_dir": out_dir, "input_items": sum(len(keyed) for _, keyed in mine), "written": counts.get("success", 0),
+        "rejected": {status: n for status, n in sorted(counts.items()) if status != "success"},
+        "reasons": dict(reasons.most_common()), "shards": len(mine), "skipped_shards": len(complete), "processed_items": work_items,
+        "seconds": round(time.perf_counter() - started, 3),
+        "images_per_second": round(work_items / seconds_working, 1) if work_items and seconds_working > 0 else 0.0,
+        "manifest": os.path.join(out_dir, "manifest.json") if manifest else None,
+        "node_rank": options.node_rank, "num_nodes": options.num_nodes,
+    }
+    return summary

@@ -1,0 +1,59 @@
+"""Source bytes of one item: a local file, a file:// URL, or an http(s) download with timeout, retries and backoff."""
+import time
+import urllib.parse
+import urllib.request
+
+from .images import ItemError
+from .options import ConvertOptions
+
+# Worth retrying: the server or network may recover. A 404 or 403 will not.
+RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+
+
+def read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ItemError("failed_to_read", "file not found", path)
+    except IsADirectoryError:
+        raise ItemError("failed_to_read", "is a directory", path)
+    except OSError as error:
+        raise ItemError("failed_to_read", "cannot read file", f"{path}: {error.strerror or error}")
+    if not data:
+        raise ItemError("failed_to_read", "empty file", f"{path} has 0 bytes")
+    return data
+
+
+def download(url: str, options: ConvertOptions) -> bytes:
+    import requests  # imported here: local-only conversions never need it
+
+    reason, detail = "", ""
+    for attempt in range(options.retries + 1):
+        if attempt:
+            time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
+        try:
+            response = requests.get(url, timeout=options.timeout, headers={"User-Agent": options.user_agent})
+        except requests.Timeout:
+            reason, detail = "timeout", f"no response within {options.timeout:g} s"
+            continue
+        except requests.RequestException as error:
+            reason, detail = type(error).__name__, str(error)
+            continue
+        if response.status_code == 200:
+            if not response.content:
+                raise ItemError("failed_to_download", "empty response", url)
+            return response.content
+        reason, detail = f"http {response.status_code}", f"server answered {response.status_code} {response.reason}"
+        if response.status_code not in RETRY_STATUSES:
+            break
+    tries = f" (after {attempt + 1} tries)" if attempt else ""
+    raise ItemError("failed_to_download", reason, f"{url}: {detail}{tries}")
+
+
+def fetch(source: str, options: ConvertOptions) -> bytes:
+    if source.startswith("file://"):
+        return read_file(urllib.request.url2pathname(urllib.parse.urlparse(source).path))
+    if source.startswith(("http://", "https://")):
+        return download(source, options)
+    return read_file(source)

@@ -1,0 +1,59 @@
+"""Merge: once every shard of the plan is complete, write sizes.json and (last, atomically) manifest.json.
+
+Idempotent and deterministic: any node may run it, any number of times; the files only depend on the shards.
+"""
+import json
+import os
+from collections import Counter
+from typing import List
+
+from .options import ConvertError
+from .plan import load_plan
+from .shard_writer import read_stats, shard_name
+
+VERSION = "0.1.0"
+
+
+def missing_shards(out_dir: str, num_shards: int) -> List[int]:
+    return [index for index in range(num_shards) if read_stats(out_dir, index) is None]
+
+
+def _write_json(path: str, value) -> None:
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1, ensure_ascii=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def merge(out_dir: str) -> dict:
+    plan = load_plan(out_dir)
+    missing = missing_shards(out_dir, plan["num_shards"])
+    if missing:
+        names = ", ".join(shard_name(index) for index in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ConvertError(f"{out_dir}: {len(missing)} of {plan['num_shards']} shards are not complete ({names}); "
+                           "run every node's convert command again (complete shards are skipped), then merge")
+    shards, counts = [], Counter()
+    for index in range(plan["num_shards"]):
+        stats = read_stats(out_dir, index)
+        shards.append({"name": stats["shard"], "samples": stats["samples"], "bytes": stats["bytes"],
+                       "sha256": stats["sha256"]})
+        counts.update(stats["counts"])
+    options = plan["options"]
+    manifest = {
+        "format": "clipforge-shards", "version": 1,
+        "num_samples": sum(shard["samples"] for shard in shards),
+        "input_items": plan["num_items"],
+        "shards": shards,
+        "counts": dict(sorted(counts.items())),
+        "image": {"size": options["image_size"], "resize_mode": options["resize_mode"],
+                  "encode_format": options["encode_format"], "quality": options["quality"]},
+        "created_by": {"version": VERSION, "config": options},
+    }
+    if sum(counts.values()) != plan["num_items"]:
+        raise ConvertError(f"{out_dir}: shard stats count {sum(counts.values())} items but the plan has "
+                           f"{plan['num_items']}: the shards come from another run; convert into an empty --out")
+    _write_json(os.path.join(out_dir, "sizes.json"), {shard["name"]: shard["samples"] for shard in shards})
+    _write_json(os.path.join(out_dir, "manifest.json"), manifest)
+    return manifest

@@ -1,0 +1,68 @@
+"""The conversion plan: items -> keys -> shards, which node owns which shard, and the plan file that makes
+re-runs, other nodes and the merge step agree on it (or refuse with the difference named)."""
+import hashlib
+import json
+import os
+from typing import List, Tuple
+
+from .items import Item, key_width, make_key
+from .options import ConvertError, ConvertOptions
+
+PLAN_FILE = "convert_plan.json"
+
+
+def input_digest(items: List[Item]) -> str:
+    """Changes when any source, caption or kept value changes: a resume over other input must not mix shards."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.source, item.captions, item.extra, item.error], default=str,
+                                 ensure_ascii=False).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def shard_tasks(items: List[Item], options: ConvertOptions) -> List[Tuple[int, List[Tuple[str, Item]]]]:
+    """Consecutive runs of samples_per_shard input items (failures included): shard i never depends on timing."""
+    width = key_width(len(items))
+    keyed = [(make_key(index, width), item) for index, item in enumerate(items)]
+    size = options.samples_per_shard
+    return [(start // size, keyed[start:start + size]) for start in range(0, len(keyed), size)]
+
+
+def owned_by(shard_index: int, options: ConvertOptions) -> bool:
+    # Round-robin: every node gets an even share of shards, also when the last shard is short.
+    return shard_index % options.num_nodes == options.node_rank
+
+
+def make_plan(items: List[Item], options: ConvertOptions) -> dict:
+    num_shards = -(-len(items) // options.samples_per_shard)
+    return {"num_items": len(items), "num_shards": num_shards, "input_digest": input_digest(items),
+            "options": options.content()}
+
+
+def write_or_check_plan(out_dir: str, plan: dict) -> None:
+    """First run writes the plan; later runs (resume, other nodes) must have the same one."""
+    path = os.path.join(out_dir, PLAN_FILE)
+    existing = load_plan(out_dir, required=False)
+    if existing is None:
+        temporary = os.path.join(out_dir, f".{PLAN_FILE}.{os.getpid()}.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(plan, handle, indent=1, sort_keys=True, ensure_ascii=False)
+        os.replace(temporary, path)
+        return
+    if existing == plan:
+        return
+    differences = [key for key in plan["options"] if existing["options"].get(key) != plan["options"][key]]
+    what = (f"option(s) {', '.join(differences)} differ" if differences
+            else "the input items differ (sources, captions or their number changed)")
+    raise ConvertError(f"{out_dir} holds a conversion with another plan: {what}; "
+                       "re-run with the same input and options to resume, or use an empty --out")
+
+
+def load_plan(out_dir: str, required: bool = True):
+    path = os.path.join(out_dir, PLAN_FILE)
+    if not os.path.isfile(path):
+        if required:
+            raise ConvertError(f"{path}: no such file; {out_dir} is not a clipforge convert output (run convert first)")
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -1,0 +1,52 @@
+"""Per-shard work (runs in worker processes): captions, fetch, image processing -> one result per input item."""
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Tuple
+
+from .captions import clean_captions
+from .fetch import fetch
+from .images import ItemError, process_image
+from .items import Item, is_url
+from .options import ConvertOptions
+
+
+def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
+    result = {"key": key, "source": item.source, "captions": [], "status": "success", "reason": "",
+              "error_message": "", "width": None, "height": None, "original_width": None,
+              "original_height": None, "sha256": None, "data": None, "extra": item.extra,
+              # Raw captions for the parquet (non-UTF-8 bytes shown as \udcXX escapes, never lost).
+              "raw_caption": "\n".join(item.captions).encode("utf-8", "backslashreplace").decode("utf-8")}
+    try:
+        if item.error:
+            raise ItemError(item.error[0], item.error[1].split(":")[0], item.error[1])
+        captions, status, message = clean_captions(item.captions)
+        if status:
+            raise ItemError(status, status.replace("_", " "), message)
+        result["captions"] = captions
+        data = fetch(item.source, options)
+        result["sha256"] = hashlib.sha256(data).hexdigest()
+        processed = process_image(data, options)
+    except ItemError as error:
+        result.update(status=error.status, reason=error.reason, error_message=str(error))
+        return result
+    result.update(data=processed.data, width=processed.width, height=processed.height,
+                  original_width=processed.original_width, original_height=processed.original_height)
+    return result
+
+
+def process_shard(task: Tuple[int, List[Tuple[str, Item]], ConvertOptions],
+                  on_item: Optional[Callable[[], None]] = None) -> Tuple[int, List[dict]]:
+    """-> (shard index, results in input order). Threads only change speed, never the order."""
+    index, keyed_items, options = task
+    threads = options.threads or (16 if any(is_url(item.source) for _, item in keyed_items) else 1)
+
+    def one(pair):
+        result = process_item(pair[0], pair[1], options)
+        if on_item:
+            on_item()
+        return result
+
+    if threads == 1:
+        return index, [one(pair) for pair in keyed_items]
+    with ThreadPoolExecutor(threads) as pool:
+        return index, list(pool.map(one, keyed_items))

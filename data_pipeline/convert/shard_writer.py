@@ -1,0 +1,117 @@
+"""Write one shard: KEY.jpg/KEY.txt/KEY.json adjacent in a tar, a parquet row per input item, a stats json.
+
+Byte-identical across runs: members carry a fixed mtime/uid/gid/mode and no user names. Every file goes to a hidden
+temporary name first and is renamed into place; the stats json is renamed LAST and marks the shard complete.
+"""
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from typing import List
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# 2000-01-01 UTC: a fixed, plausible timestamp (0 confuses some tar tools).
+MEMBER_MTIME = 946684800
+PARQUET_COLUMNS = ("key", "source", "caption", "status", "error_message", "width", "height",
+                   "original_width", "original_height", "sha256")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def stats_path(out_dir: str, index: int) -> str:
+    return os.path.join(out_dir, f"{shard_name(index)}_stats.json")
+
+
+def _temporary(path: str) -> str:
+    # A dot prefix keeps half-written files out of "shard-*.tar" globs and brace patterns.
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+
+
+def _publish(path: str, data: bytes) -> None:
+    temporary = _temporary(path)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), MEMBER_MTIME, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_json(result: dict) -> bytes:
+    record = {"key": result["key"], "source": result["source"], "captions": result["captions"],
+              "width": result["width"], "height": result["height"], "original_width": result["original_width"],
+              "original_height": result["original_height"], "sha256": result["sha256"], **result["extra"]}
+    return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8")
+
+
+def _tar_bytes(results: List[dict], extension: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for result in results:
+            if result["status"] != "success":
+                continue
+            _member(tar, f"{result['key']}.{extension}", result["data"])
+            _member(tar, f"{result['key']}.txt", "\n".join(result["captions"]).encode("utf-8"))
+            _member(tar, f"{result['key']}.json", sample_json(result))
+    return buffer.getvalue()
+
+
+def _column(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a kept column: keep them as text
+        return pa.array([None if value is None else str(value) for value in values], pa.string())
+
+
+def _parquet_bytes(results: List[dict], keep_cols: List[str]) -> bytes:
+    columns = {name: [] for name in PARQUET_COLUMNS}
+    for result in results:
+        row = dict(result, caption="\n".join(result["captions"]) if result["captions"] else result["raw_caption"])
+        for name in PARQUET_COLUMNS:
+            columns[name].append(row[name])
+    types = {"width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32()}
+    arrays = {name: pa.array(values, types.get(name, pa.string())) for name, values in columns.items()}
+    for name in keep_cols:
+        arrays[name] = _column([result["extra"].get(name) for result in results])
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(arrays), buffer)
+    return buffer.getvalue()
+
+
+def write_shard(out_dir: str, index: int, results: List[dict], extension: str, keep_cols: List[str]) -> dict:
+    name = shard_name(index)
+    tar_data = _tar_bytes(results, extension)
+    _publish(os.path.join(out_dir, name + ".parquet"), _parquet_bytes(results, keep_cols))
+    _publish(os.path.join(out_dir, name + ".tar"), tar_data)
+    counts = Counter(result["status"] for result in results)
+    errors = Counter(f"{result['status']}: {result['reason']}" for result in results if result["status"] != "success")
+    stats = {"shard": name + ".tar", "input_items": len(results), "samples": counts.get("success", 0),
+             "counts": dict(sorted(counts.items())), "errors": dict(sorted(errors.items())),
+             "bytes": len(tar_data), "sha256": hashlib.sha256(tar_data).hexdigest()}
+    _publish(stats_path(out_dir, index), json.dumps(stats, indent=1, sort_keys=True).encode("utf-8"))
+    return stats
+
+
+def read_stats(out_dir: str, index: int):
+    """The stats of a COMPLETE shard (stats json present and the tar has the recorded size), else None."""
+    try:
+        with open(stats_path(out_dir, index), encoding="utf-8") as handle:
+            stats = json.load(handle)
+        tar_size = os.path.getsize(os.path.join(out_dir, shard_name(index) + ".tar"))
+        parquet_ok = os.path.isfile(os.path.join(out_dir, shard_name(index) + ".parquet"))
+    except (OSError, ValueError):
+        return None
+    return stats if tar_size == stats.get("bytes") and parquet_ok else None

@@ -1,0 +1,73 @@
+"""Real raw inputs for the converter tests: JPEG/PNG files of every awkward kind, caption tables, annotation json.
+
+Each helper writes files into a tmp folder and returns their paths; nothing here is a mock.
+"""
+import csv
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+
+def photo(width: int, height: int, seed: int) -> np.ndarray:
+    """A smooth, photo-like RGB image (gradients + blobs): resize/encode errors show up as pixel differences."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fx, fy, phase = rng.uniform(1, 6, 2).tolist() + [rng.uniform(0, 6.28)]
+        channels.append(127 + 120 * np.sin(x / width * fx * 3.14 + phase) * np.cos(y / height * fy * 3.14))
+    return np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8)
+
+
+def jpeg(width: int, height: int, seed: int, quality: int = 92, **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(photo(width, height, seed)).save(buffer, format="JPEG", quality=quality, **save)
+    return buffer.getvalue()
+
+
+def write(path, data: bytes) -> str:
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return str(path)
+
+
+def write_csv(path, rows, header=("image", "caption"), delimiter=",") -> str:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def caption_table(folder, count: int, captions_per_image: int = 1, size=(64, 48)) -> str:
+    """folder/images/img{i}.jpg + folder/captions.csv with `captions_per_image` rows per image."""
+    rows = []
+    for i in range(count):
+        write(os.path.join(folder, "images", f"img{i}.jpg"), jpeg(size[0], size[1], seed=i))
+        rows += [(f"images/img{i}.jpg", f"caption {j} of image {i}") for j in range(captions_per_image)]
+    return write_csv(os.path.join(folder, "captions.csv"), rows)
+
+
+def read_shards(out_dir) -> dict:
+    """{key: {extension: bytes}} over every shard tar in out_dir, checking members of a key are adjacent."""
+    samples, order = {}, []
+    for name in sorted(os.listdir(out_dir)):
+        if name.startswith("shard-") and name.endswith(".tar"):
+            with tarfile.open(os.path.join(out_dir, name)) as tar:
+                for member in tar.getmembers():
+                    key, extension = member.name.split(".", 1)
+                    if not order or order[-1] != key:
+                        assert key not in samples, f"members of {key} are not adjacent in {name}"
+                        order.append(key)
+                    samples.setdefault(key, {})[extension] = tar.extractfile(member).read()
+    return samples
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
