@@ -71,3 +71,37 @@ def read_shards(out_dir) -> dict:
 def read_json(path):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) * 3 // 4]  # header intact, scan data cut short
+
+
+def awkward_images(folder) -> dict:
+    """{file name: bytes} of every awkward image kind the converter must handle or reject (64x48 unless noted)."""
+    good = jpeg(64, 48, seed=1)
+    rgb = Image.fromarray(photo(64, 48, seed=2))
+    buffer = io.BytesIO()
+    rgb.convert("CMYK").save(buffer, format="JPEG", quality=95)
+    cmyk = buffer.getvalue()
+    gray16 = Image.fromarray(np.full((48, 64), 0x8000, dtype=np.uint16))  # mode I;16: mid grey
+    rgba = np.dstack([photo(64, 48, seed=3), np.full((48, 64), 255, np.uint8)])
+    rgba[:, :32, 3] = 0  # left half fully transparent: must come out white
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64x48, displayed rotated by 90 degrees: 48x64
+    buffer = io.BytesIO()
+    Image.fromarray(photo(64, 48, seed=4)).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    return {
+        "good.jpg": good, "duplicate.jpg": good, "truncated.jpg": _cut(jpeg(64, 48, seed=5)), "zero.jpg": b"",
+        "not_an_image.jpg": b"this is a text file that pretends to be a JPEG\n" * 4, "cmyk.jpg": cmyk,
+        "gray16.png": _png(gray16), "rgba.png": _png(Image.fromarray(rgba, "RGBA")), "palette.png": _png(palette),
+        "exif_rotated.jpg": buffer.getvalue(), "huge.png": _png(Image.fromarray(photo(200, 200, seed=6))),
+    }
