@@ -54,7 +54,8 @@ def _loss_worker(rank: int, world: int, sizes: list) -> None:
         torch.testing.assert_close(g_image / factor, ref_image[start:stop], rtol=1e-10, atol=1e-14, msg=case)
         torch.testing.assert_close(g_text / factor, ref_text[start:stop], rtol=1e-10, atol=1e-14, msg=case)
         if with_grad:
-            torch.testing.assert_close(_mean_over_ranks(g_scale, world), ref_scale, rtol=1e-10, atol=0, msg=case)
+            torch.testing.assert_close(_mean_over_ranks(g_scale, world), ref_scale, rtol=1e-10, atol=0,
+                                       msg=case)
             torch.testing.assert_close(_mean_over_ranks(g_bias, world), ref_bias, rtol=1e-10, atol=1e-14,
                                        msg=case)
 
