@@ -1,0 +1,148 @@
+"""Loader throughput: clipforge's train loader vs open_clip's `get_wds_dataset`, same shards, one run.
+
+    python -m bench.loader [--quick]
+
+Shards: the 300 Flickr8k originals (~500x375) converted by `data_pipeline.convert` to 256-px JPEGs
+(q95, shorter side 256). Both loaders make 224-px train crops (open_clip's RandomResizedCrop scale
+0.9-1.0) + ViT-B-32 tokens, batch 64, ONE worker process, several epochs on persistent workers;
+the first epoch (worker start, shuffle-buffer fill) is not measured. Each loader runs in its own
+process: the peer's needs webdataset 0.2.86 + pandas (open_clip_train fails with webdataset 1.x),
+installed with `pip install --no-deps --target .venv-peers/wds0286 webdataset==0.2.86 pandas==3.1.1`
+and put on PYTHONPATH for the peer's process only.
+
+Metric: samples per CPU-second (user + sys of the loader's main process and its worker), i.e. per
+core — robust to other jobs sharing the machine, unlike wall time, which is reported alongside.
+Output differs in kind by design: clipforge yields uint8 images (normalised on the device later),
+open_clip float32 normalised tensors — that conversion is part of the peer's per-sample cost.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import cli, result
+
+REPO = Path(__file__).resolve().parents[1]
+FLICKR = Path(os.environ.get("CLIPFORGE_FLICKR8K", REPO.parent / "shared" / "data" / "flickr8k"))
+PEER_PATH = REPO / ".venv-peers" / "wds0286"
+BATCH, IMAGE_SIZE, MODEL = 64, 224, "ViT-B-32"
+
+
+def _cpu_seconds(processes) -> float:
+    total = 0.0
+    for p in processes:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def _measure(epochs, run_epoch) -> dict:
+    """Run epoch 0 as warm-up, then time the rest: wall and CPU of this process + its workers."""
+    import psutil
+
+    me = psutil.Process()
+    run_epoch(0)
+    workers = me.children(recursive=True)
+    cpu0, wall0 = _cpu_seconds([me] + workers), time.perf_counter()
+    samples = sum(run_epoch(e) for e in range(1, epochs))
+    wall = time.perf_counter() - wall0
+    cpu = _cpu_seconds([me] + workers) - cpu0
+    return {"samples": samples, "wall_s": wall, "cpu_s": cpu, "workers": len(workers),
+            "per_cpu_s": samples / cpu, "per_wall_s": samples / wall}
+
+
+def child_clipforge(shards: str, epochs: int) -> dict:
+    import open_clip
+    from data_pipeline.config import DataConfig, SourceConfig
+    from data_pipeline.stream import build_train_loader
+
+    cfg = DataConfig(sources=[SourceConfig(shards)], workers=1, prefetch=2)
+    loader = build_train_loader(cfg, seed=0, global_batch_size=BATCH, rank=0, world_size=1, image_size=IMAGE_SIZE,
+                                mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD,
+                                tokenizer=open_clip.get_tokenizer(MODEL), drop_last=False)
+
+    def run_epoch(_):
+        n = 0
+        for batch in loader:
+            assert batch["images"].shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
+            n += len(batch["keys"])
+        return n
+    return _measure(epochs, run_epoch)
+
+
+def child_peer(shards: str, epochs: int) -> dict:
+    import argparse
+
+    import open_clip
+    from open_clip_train.data import get_wds_dataset
+
+    names = sorted(p for p in os.listdir(shards) if p.endswith(".tar"))
+    pattern = os.path.join(shards, f"shard-{{{names[0][6:12]}..{names[-1][6:12]}}}.tar")
+    args = argparse.Namespace(train_data=pattern, train_num_samples=None, train_data_upsampling_factors=None,
+                              dataset_resampled=False, batch_size=BATCH, workers=1, world_size=1, seed=0)
+    preprocess = open_clip.image_transform(IMAGE_SIZE, is_train=True)
+    data = get_wds_dataset(args, preprocess, is_train=True, tokenizer=open_clip.get_tokenizer(MODEL))
+
+    def run_epoch(epoch):
+        data.set_epoch(epoch)
+        n = 0
+        for images, texts in data.dataloader:
+            assert images.shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
+            n += len(images)
+        return n
+    return _measure(epochs, run_epoch)
+
+
+def _run_child(which: str, shards: str, epochs: int) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if which == "peer":
+        env["PYTHONPATH"] = os.pathsep.join([str(PEER_PATH), str(REPO)])
+    cmd = [sys.executable, "-m", "bench.loader", "--child", which, shards, str(epochs)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} loader failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def make_shards(out_dir: str) -> str:
+    from data_pipeline.convert import convert
+
+    convert([str(FLICKR / "originals" / "captions.csv")], out_dir, image_size=256, samples_per_shard=50,
+            workers=1, progress=False)
+    return out_dir
+
+
+def run(quick: bool) -> dict:
+    if not (FLICKR / "originals" / "captions.csv").is_file():
+        raise SystemExit(f"bench.loader: Flickr8k originals not found under {FLICKR} (set CLIPFORGE_FLICKR8K)")
+    if not (PEER_PATH / "webdataset").is_dir():
+        raise SystemExit(f"bench.loader: the peer needs webdataset 0.2.86 + pandas in {PEER_PATH}: pip install "
+                         f"--no-deps --target {PEER_PATH} webdataset==0.2.86 pandas==3.1.1")
+    epochs = 3 if quick else 8  # 300 samples per epoch; the first is warm-up
+    rounds = 1 if quick else 2  # alternate the two, keep each one's best: less noise from other jobs
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        shards = make_shards(os.path.join(tmp, "shards"))
+        runs = {"clipforge": [], "peer": []}
+        for _ in range(rounds):
+            for which in runs:
+                runs[which].append(_run_child(which, shards, epochs))
+    best = {k: max(v, key=lambda r: r["per_cpu_s"]) for k, v in runs.items()}
+    ours, peer = best["clipforge"], best["peer"]
+    notes = (f"256-px Flickr8k JPEGs -> 224 train crops + {MODEL} tokens, batch {BATCH}, 1 worker, "
+             f"{ours['samples']} samples measured after a warm-up epoch, best of {rounds}; wall samples/s "
+             f"(1 worker): clipforge {ours['per_wall_s']:.0f}, open_clip {peer['per_wall_s']:.0f}; "
+             f"clipforge yields uint8 (normalised on device), open_clip float32")
+    return result("loader", "open_clip get_wds_dataset (webdataset 0.2.86)", "samples/s per core (CPU-second)",
+                  round(ours["per_cpu_s"], 1), round(peer["per_cpu_s"], 1), notes=notes)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        which, shards, epochs = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        out = (child_clipforge if which == "clipforge" else child_peer)(shards, epochs)
+        print(json.dumps(out))
+        raise SystemExit(0)
+    raise SystemExit(cli(run))
