@@ -13,7 +13,7 @@ from .options import ConvertOptions
 from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
 from .process import process_shard
 from .readers import read_inputs
-from .shard_writer import read_stats, write_shard
+from .shard_writer import read_stats, remove_temporaries, write_shard
 
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
 
@@ -73,6 +73,7 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
     mine = [(index, keyed) for index, keyed in shard_tasks(items, options) if owned_by(index, options)]
     complete = {index for index, _ in mine if read_stats(out_dir, index) is not None}
     todo = [(index, keyed, options) for index, keyed in mine if index not in complete]
+    remove_temporaries(out_dir, [index for index, _, _ in todo])
     dedup = _Dedup(options.dedup)
     for index in sorted(complete) if options.dedup else ():
         dedup.seed(out_dir, index)

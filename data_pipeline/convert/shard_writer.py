@@ -105,6 +105,15 @@ def write_shard(out_dir: str, index: int, results: List[dict], extension: str, k
     return stats
 
 
+def remove_temporaries(out_dir: str, indices) -> None:
+    """Temporaries a killed run left for shards about to be redone (the redo would overwrite them anyway)."""
+    for index in indices:
+        for suffix in (".tar", ".parquet", "_stats.json"):
+            path = _temporary(os.path.join(out_dir, shard_name(index) + suffix))
+            if os.path.exists(path):
+                os.remove(path)
+
+
 def read_stats(out_dir: str, index: int):
     """The stats of a COMPLETE shard (stats json present and the tar has the recorded size), else None."""
     try:
