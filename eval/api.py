@@ -1,0 +1,155 @@
+"""The functions the CLI and the trainer's periodic eval share.
+
+    metrics = evaluate_retrieval(model, tokenizer, transform_or_preprocess_cfg, "shards-val/", recall_k=[1, 5, 10])
+
+Works on one process or under torchrun/srun (every rank calls it; each embeds its share of the batches,
+image embeddings are all-gathered, each rank ranks its own captions, integer counts are summed): every
+rank returns the same numbers, equal to a single-process run. The model may be an open_clip model, the
+trainer's wrapper (`.clip`) or a DeepSpeed engine (`.module`); under ZeRO-3 pass consolidated weights
+(encode_image/encode_text outside the engine's forward do not gather partitioned parameters).
+"""
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+from eval import classification
+from eval.datasets import eval_loader, open_eval_data, rank_share
+from eval.distributed import comm_for_world, rank_world
+from eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
+from eval.ranking import DEFAULT_TILE
+from eval.retrieval import chance_levels, retrieval_metrics
+
+
+@dataclass
+class EvalRun:
+    task: str
+    metrics: Dict[str, float]
+    chance: Dict[str, float]
+    counts: Dict[str, int]
+    skipped: Dict[str, int]
+    skipped_examples: Dict[str, str]
+    local: Embedded  # this rank's embeddings (the report reads them)
+    image_offset: int = 0  # global index of this rank's first image
+    text_offset: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def open_clip_module(model):
+    """The open_clip model inside a DeepSpeed engine / DDP (.module) or the trainer's wrapper (.clip)."""
+    for attr in ("module", "clip"):
+        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
+            model = getattr(model, attr)
+    return model
+
+
+def _transform(transform_or_cfg):
+    if isinstance(transform_or_cfg, dict):
+        keys = ("size", "mean", "std", "interpolation", "resize_mode")
+        return image_transform_v2(PreprocessCfg(**{k: transform_or_cfg[k] for k in keys if k in transform_or_cfg}),
+                                  is_train=False)
+    return transform_or_cfg
+
+
+def _embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, need, label_key,
+                 progress):
+    rank, world = rank_world()
+    dataset = open_eval_data(data) if isinstance(data, str) else data
+    start, end = rank_share(dataset.num_samples, batch_size, rank, world)
+    loader = eval_loader(dataset, start, end, _transform(transform), batch_size, need, label_key, workers)
+    module = open_clip_module(model)
+    was_training = module.training
+    module.eval()
+    try:
+        local = embed_batches(module, tokenizer, loader, device, precision, with_text=need == "captions",
+                              progress=progress and rank == 0)
+    finally:
+        module.train(was_training)
+    return empty_like_dim(local, module.visual.output_dim)
+
+
+def _skips(comm, local: Embedded):
+    counts, examples = Counter(), {}
+    for part_counts, part_examples in comm.gather_objects((dict(local.skipped), local.skipped_examples)):
+        counts.update(part_counts)
+        for reason, where in part_examples.items():
+            examples.setdefault(reason, where)
+    return dict(counts), examples
+
+
+def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (1, 5, 10), batch_size: int = 256,
+                  device: str = "cpu", precision: str = "fp32", workers: int = 0, tile=DEFAULT_TILE,
+                  progress: bool = False) -> EvalRun:
+    comm = comm_for_world()
+    local = _embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "captions",
+                         None, progress)
+    sizes = comm.all_gather_cat(torch.tensor([len(local.image_emb), len(local.text_emb)]))
+    rank = rank_world()[0]
+    image_offset, text_offset = int(sizes[0:2 * rank:2].sum()), int(sizes[1:2 * rank:2].sum())
+    images = comm.all_gather_cat(local.image_emb.to(device))
+    texts = local.text_emb.to(device)
+    t2i = (local.text_to_image + image_offset).to(device)
+    metrics = retrieval_metrics(texts, t2i, images, recall_k, tile, text_offset, comm)
+    per_image = torch.bincount(local.text_to_image, minlength=len(local.image_emb))
+    all_per_image = comm.all_gather_cat(per_image)
+    skipped, examples = _skips(comm, local)
+    counts = {"images": len(images), "captions": int(all_per_image.sum())}
+    return EvalRun("zeroshot_retrieval", metrics, chance_levels(len(images), all_per_image, sorted(set(recall_k))),
+                   counts, skipped, examples, local, image_offset, text_offset, {"all_images": images})
+
+
+def evaluate_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (1, 5, 10),
+                       batch_size: int = 256, device: str = "cpu", precision: str = "fp32", workers: int = 0) -> Dict:
+    """CLIP_benchmark retrieval metrics of `model` on a shard dataset (the trainer's periodic eval)."""
+    return run_retrieval(model, tokenizer, transform, data, recall_k, batch_size, device, precision, workers).metrics
+
+
+def _is_index(v) -> bool:
+    return isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+
+
+def label_indices(labels: List, classnames: List[str]) -> torch.Tensor:
+    """Raw labels -> class indices: an int (or a digit string, as KEY.cls holds) is the index itself,
+    any other string is looked up among the class names."""
+    position = {name: i for i, name in enumerate(classnames)}
+    out = []
+    for v in labels:
+        if _is_index(v):
+            out.append(int(v))
+        elif v in position:
+            out.append(position[v])
+        else:
+            raise ValueError(f"label {v!r} is not among the {len(classnames)} class names (e.g. {classnames[:3]}); "
+                             "fix --classnames or --label-key")
+    return torch.tensor(out, dtype=torch.long)
+
+
+def run_classification(model, tokenizer, transform, data, templates, classnames: Optional[List[str]] = None,
+                       label_key: str = "label", batch_size: int = 256, device: str = "cpu",
+                       precision: str = "fp32", workers: int = 0, progress: bool = False) -> EvalRun:
+    comm = comm_for_world()
+    local = _embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "label",
+                         label_key, progress)
+    if classnames is None:  # derived from the labels: every rank must see the same list, so gather them all
+        seen = sorted({v for part in comm.gather_objects(sorted({str(v) for v in local.labels})) for v in part})
+        if not seen:
+            raise ValueError(f"no sample carries a label under {label_key!r} (KEY.json) or a KEY.cls; "
+                             "set --label-key to the field that holds the class")
+        if any(_is_index(v) for v in seen):
+            raise ValueError("the labels are class indices: give --classnames FILE so they can become prompts")
+        classnames = seen
+    labels = label_indices(local.labels, classnames)
+    module = open_clip_module(model)
+    with torch.no_grad():
+        with autocast_for(device, precision):
+            classifier = classification.zero_shot_classifier(module.encode_text, tokenizer, classnames, templates,
+                                                             batch_size, device)
+    metrics = classification.classification_metrics(local.image_emb.to(device), labels.to(device),
+                                                    classifier.float(), comm=comm)
+    skipped, examples = _skips(comm, local)
+    n = int(comm.all_reduce_sum(torch.tensor(len(labels))))
+    return EvalRun("zeroshot_classification", metrics, classification.chance_levels(len(classnames)),
+                   {"images": n, "classes": len(classnames)}, skipped, examples, local,
+                   extra={"classnames": classnames, "labels": labels, "classifier": classifier})
