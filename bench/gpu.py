@@ -3,8 +3,10 @@
     python -m bench.gpu            # on a CUDA machine: measures, rewrites BENCHMARKS.md's GPU section
     python -m bench.gpu --quick    # without CUDA: the same code on a tiny model on CPU (logic check)
 
-Training (ViT-B/32, ViT-L/14): one step = forward in bf16 autocast, contrastive loss, backward,
-torch AdamW (fp32 master weights), all on one device, synthetic data already in device memory.
+Training (ViT-B/32, ViT-L/14): one step = clipforge's model (pretrain.model.build_model) forward in
+bf16 autocast, clipforge's loss (pretrain.loss, config defaults), backward, torch fused AdamW (fp32
+master weights) on one device, synthetic data in device memory. Not the DeepSpeed engine: its
+ZeRO bookkeeping does not survive the out-of-memory probes of the batch search.
 Reported: samples/s, MFU = model FLOPs per sample (bench/flops.py, 3x forward) x samples/s over the
 device's bf16 matmul peak MEASURED here with a large matmul, peak memory, and the data-wait
 fraction (time to fetch the next batch / step time: ~0 by construction with in-memory data; the
@@ -22,7 +24,7 @@ from typing import Callable, Dict, List
 import torch
 
 from bench.common import cli, markdown_table, result, with_section, write_atomic
-from bench.flops import clip_flops, model_config
+from bench.flops import clip_flops
 from bench.gpu_loss import loss_figures, loss_rows_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,18 +87,23 @@ def largest_batch(fits: Callable[[int], bool], start: int, limit: int, granulari
 class TrainBench:
     """One model, optimizer and loss on one device; `step(b)` runs a full training step."""
 
-    def __init__(self, cfg: Dict, device: torch.device):
-        import open_clip
-        self.cfg, self.device = cfg, device
-        self.model = open_clip.CLIP(**cfg, output_dict=True).to(device)
-        fused = device.type == "cuda"
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=fused)
-        self.loss_fn, self.loss_label = training_loss()
-        v = cfg["vision_cfg"]
-        size = v.get("image_size", 224)
-        self.image_shape = (3, size, size) if isinstance(size, int) else (3, *size)
-        self.context = cfg["text_cfg"].get("context_length", 77)
-        self.vocab = cfg["text_cfg"].get("vocab_size", 49408)
+    def __init__(self, name: str, device: torch.device):
+        from pretrain.config import LossConfig, ModelConfig
+        from pretrain.loss import build_loss
+        from pretrain.model import build_model
+        loss_cfg = LossConfig()
+        bundle = build_model(ModelConfig(name=name), loss_cfg)   # the model the trainer trains
+        self.cfg, self.device = bundle.model_cfg, device
+        self.model = bundle.model.to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=device.type == "cuda")
+        self.loss_fn = build_loss(loss_cfg, rank=0, world_size=1)
+        self.loss_label = f"clipforge {loss_cfg.kind} (impl={loss_cfg.impl})"
+        pre = bundle.preprocess_cfg
+        self.mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
+        self.image_shape = (3, bundle.image_size, bundle.image_size)
+        self.context = self.cfg["text_cfg"].get("context_length", 77)
+        self.vocab = self.cfg["text_cfg"].get("vocab_size", 49408)
         self._data: Dict[int, List] = {}
 
     def data(self, b: int) -> List:
@@ -112,11 +119,11 @@ class TrainBench:
         return self._data[b]
 
     def step(self, images_u8: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        images = images_u8.to(torch.bfloat16).div_(255.0).sub_(0.45).div_(0.27)
+        # uint8 -> normalised on the device, as the trainer does (4x less to copy than fp32)
+        images = (images_u8.float().div_(255.0) - self.mean) / self.std
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            out = self.model(images, tokens)
-            loss = self.loss_fn(out["image_features"].float(), out["text_features"].float(),
-                                out["logit_scale"].float())
+            image, text, scale, bias = self.model(images, tokens)
+            loss = self.loss_fn(image, text, scale, bias)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -131,10 +138,11 @@ class TrainBench:
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_oom(err):
                 raise
-            self.opt.zero_grad(set_to_none=True)
-            self._data.clear()
-            free_memory(self.device)
-            return False
+        # outside the except block: the traceback (and the tensors its frames hold) is gone
+        self.opt.zero_grad(set_to_none=True)
+        self._data.clear()
+        free_memory(self.device)
+        return False
 
     def measure(self, b: int, steps: int, warmup: int) -> Dict[str, float]:
         batches = self.data(b)
@@ -158,17 +166,9 @@ class TrainBench:
                 "final_loss": float(loss.detach())}
 
 
-def training_loss():
-    """clipforge's own loss as the trainer builds it from the default config (InfoNCE)."""
-    from pretrain.config import LossConfig
-    from pretrain.loss import build_loss
-    cfg = LossConfig()
-    return build_loss(cfg, rank=0, world_size=1), f"clipforge {cfg.kind} (impl={cfg.impl})"
-
-
 def train_figures(name: str, device: torch.device, peak_flops: float, quick: bool) -> Dict:
-    cfg = model_config(TINY if device.type != "cuda" else name)
-    bench = TrainBench(cfg, device)
+    bench = TrainBench(name if device.type == "cuda" else TINY, device)
+    cfg = bench.cfg
     if device.type == "cuda":
         batch = largest_batch(bench.fits, start=64, limit=1 << 16, granularity=64)
     else:  # a CPU never runs out of memory here; cap the search to keep the check short
@@ -180,8 +180,12 @@ def train_figures(name: str, device: torch.device, peak_flops: float, quick: boo
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_oom(err):
                 raise
+        if m is None:
+            bench.opt.zero_grad(set_to_none=True)
             free_memory(device)
             batch = int(batch * 0.9) // 8 * 8
+    if m is None:
+        raise RuntimeError(f"{name}: not even the smallest batch of the search fits on {device}")
     flops = clip_flops(cfg)
     m.update(model=name if device.type == "cuda" else "tiny-vit", batch=batch,
              train_flops_per_sample=flops["train"], loss=bench.loss_label,
@@ -215,7 +219,8 @@ def render(m: Dict) -> str:
     rows = [[t["model"], t["batch"], t["samples_per_s"], t["step_s"] * 1e3,
              f"{100 * t['mfu']:.1f}%", t["peak_mem_bytes"] / 2**30 if t["peak_mem_bytes"] else None,
              f"{100 * t['data_wait_fraction']:.3f}%", t["loss"]] for t in trains]
-    return (head + "Training step (bf16 autocast, torch fused AdamW, one GPU, synthetic in-memory data: "
+    return (head + "Training step (clipforge model + loss, bf16 autocast, torch fused AdamW, not DeepSpeed; "
+            "one GPU, synthetic in-memory data: "
             "the data-wait fraction is ~0 by construction):\n\n"
             + markdown_table(["model", "largest batch", "samples/s", "step ms", "MFU",
                               "peak GiB", "data wait", "loss"], rows)
