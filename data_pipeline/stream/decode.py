@@ -24,6 +24,8 @@ TRAIN_RATIO = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop default
 # The crop's shorter side is at least sqrt(0.9 * 3/4) = 0.82 of the image's: decoding at a reduced
 # scale is safe while the decoded shorter side stays >= size / 0.8.
 _CROP_MIN_FRACTION = 0.8
+# Parallelism is the loader's worker processes; OpenCV's own thread pool would oversubscribe the cores.
+cv2.setNumThreads(1)
 
 
 class DecodeError(ValueError):

@@ -145,3 +145,42 @@ def test_batch_larger_than_an_epoch_is_refused(small_dataset):
     out, _ = small_dataset
     with pytest.raises(ValueError, match="global batch size 64 is larger than the 40 samples"):
         make_loader([(out, 1)], batch=64)
+
+
+def test_fewer_shards_than_ranks_times_workers_is_split_by_samples(tmp_path):
+    keys = write_dataset(tmp_path, num_shards=1, per_shard=12)  # 1 shard, 2 ranks x 2 workers: no hang
+    loaders = [make_loader([(tmp_path, 1)], rank=r, world=2, workers=2, batch=4) for r in range(2)]
+    seen = [k for loader in loaders for batch in loader for k in batch["keys"]]
+    assert sorted(seen) == keys
+
+
+def test_throughput_counters(small_dataset):
+    out, _ = small_dataset
+    loader = make_loader([(out, 1)], workers=1)
+    assert sum(len(b["keys"]) for b in loader) == 40
+    assert loader.samples_yielded == 40 and loader.data_wait_s > 0
+    assert len(loader) == loader.steps_per_epoch == 5 and loader.epoch == 1
+
+
+@pytest.mark.flickr8k
+def test_converter_output_trains(flickr8k_dir, tmp_path):
+    """Shards written by data_pipeline.convert (real photos, 5 captions each) feed the loader."""
+    from data_pipeline.convert import convert
+    from data_pipeline.shards import open_shards
+
+    rows = (flickr8k_dir / "originals" / "captions.csv").read_text().splitlines()
+    subset = tmp_path / "subset.csv"
+    subset.write_text(rows[0] + "\n" + "\n".join(f"{flickr8k_dir}/originals/{r}" for r in rows[1:41]) + "\n")
+    convert([str(subset)], str(tmp_path / "ds"), image_size=96, samples_per_shard=3, workers=1, progress=False)
+    dataset = open_shards(str(tmp_path / "ds"))
+    assert dataset.num_samples == 8 and len(dataset.shards) == 3
+    captions = {s["key"]: s["captions"] for s in dataset.iter_samples()}
+    assert all(len(c) == 5 for c in captions.values())
+    loader = make_loader([(tmp_path / "ds", 1)], batch=4, workers=1)
+    for epoch in range(2):
+        batches = list(loader)
+        assert sorted(k for b in batches for k in b["keys"]) == sorted(captions)
+        for batch in batches:
+            for key, tokens in zip(batch["keys"], batch["tokens"]):
+                options = TOKENIZER(captions[key])
+                assert any(bool((tokens == option).all()) for option in options)
