@@ -88,10 +88,10 @@ class ContrastiveLoss(nn.Module):
                 logits = logits + bias
             labels = torch.arange(total, device=image.device)
             return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        offset = sum(sizes[: self.rank])
         if self.cfg.impl == "tiled":
-            row_sum = tiled_infonce_local_sum(image, text, all_image, all_text, scale, bias, tile)
+            row_sum = tiled_infonce_local_sum(image, text, all_image, all_text, scale, bias, tile, offset)
         else:
-            offset = sum(sizes[: self.rank])
             labels = torch.arange(image.shape[0], device=image.device) + offset
             logits_image = scale * image @ all_text.T
             logits_text = scale * text @ all_image.T

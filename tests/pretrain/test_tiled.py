@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from pretrain.config import LossConfig
 from pretrain.loss import build_loss
-from pretrain.tiled_loss import tiled_lse
+from pretrain.tiled_loss import tiled_ce
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -51,13 +51,38 @@ def test_tiled_equals_naive_at_a_large_scale():
     assert_tiled_matches_naive(image, text, tile=100, scale_value=100.0)
 
 
-def test_tiled_lse_rows_and_columns_equal_torch_logsumexp():
-    a, b = features(70, 8, seed=8)
+def test_tiled_ce_rows_and_columns_equal_torch_cross_entropy():
+    a, b = (t.detach() for t in features(70, 8, seed=8))
     scale, bias = torch.tensor(20.0), torch.tensor(0.5)
-    rows, cols = tiled_lse(a.detach(), b.detach()[:50], scale, bias, tile=16, both=True)
-    logits = scale * a.detach() @ b.detach()[:50].T + bias  # [70, 50]: a non-square block grid
-    torch.testing.assert_close(rows, torch.logsumexp(logits, 1), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(cols, torch.logsumexp(logits, 0), rtol=1e-6, atol=1e-6)
+    rows, cols = tiled_ce(a, b, scale, bias, tile=16, both=True)
+    logits = scale * a @ b.T + bias
+    labels = torch.arange(70)
+    torch.testing.assert_close(rows, F.cross_entropy(logits, labels, reduction="none"), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(cols, F.cross_entropy(logits.T, labels, reduction="none"), rtol=1e-6, atol=1e-5)
+    # One direction, rows 0..29 labelled with columns 25..54 of a non-square [30, 70] problem.
+    (part,) = tiled_ce(a[:30], b, scale, bias, tile=16, both=False, offset=25)
+    expected = F.cross_entropy(logits[:30], labels[:30] + 25, reduction="none")
+    torch.testing.assert_close(part, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_tiled_ce_gradient_with_offset_labels_equals_autograd():
+    a, b = features(30, 8, seed=12)
+    scale = torch.tensor(15.0, requires_grad=True)
+    wide = torch.cat([b.detach(), b.detach()]).requires_grad_()  # [60, 8]: labels 13..42
+    leaves = [a, wide, scale]
+    (ce,) = tiled_ce(a, wide, scale, None, tile=7, both=False, offset=13)
+    got = torch.autograd.grad((ce * torch.linspace(0.5, 2, 30)).sum(), leaves)
+    logits = scale * a @ wide.T
+    ref_ce = F.cross_entropy(logits, torch.arange(30) + 13, reduction="none")
+    ref = torch.autograd.grad((ref_ce * torch.linspace(0.5, 2, 30)).sum(), leaves)
+    for g, r in zip(got, ref):
+        assert rel_err(g, r) <= 1e-5
+
+
+def test_tiled_ce_refuses_labels_outside_the_columns():
+    a, b = (t.detach() for t in features(10, 4, seed=13))
+    with pytest.raises(ValueError, match="labels offset 5"):
+        tiled_ce(a, b, torch.tensor(1.0), None, tile=4, both=False, offset=5)
 
 
 def test_bf16_features_are_computed_in_fp32():
