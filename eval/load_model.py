@@ -128,7 +128,7 @@ def _from_deepspeed(ckpt_dir: str, tag: Optional[str], model_config: Optional[st
 
 
 def load_model(spec: str, model_config: Optional[str] = None, pretrained: Optional[str] = None) -> LoadedModel:
-    if spec.startswith("local-dir:"):
+    if spec.startswith("local-dir:") and pretrained is None:
         return _from_local_dir(spec[len("local-dir:"):])
     if os.path.isdir(spec):
         if _export_dir(spec):
@@ -144,11 +144,11 @@ def load_model(spec: str, model_config: Optional[str] = None, pretrained: Option
             return _from_deepspeed(ds[0], ds[1], model_config, spec)
         raise ModelLoadError(f"--model {spec}: a folder with no export/ (open_clip_config.json), model.pt or "
                              "DeepSpeed checkpoint (checkpoints/latest); has the run saved anything yet?")
-    if os.path.isfile(spec):
-        return _build(_model_cfg(spec, model_config), _load_pt(spec), spec, os.path.basename(spec))
-    if pretrained is not None:  # an open_clip model name (or config JSON) + a local weights file
+    if pretrained is not None:  # an open_clip model name (or model-config JSON) + a local weights file
         if not os.path.isfile(pretrained):
             raise ModelLoadError(f"--pretrained {pretrained}: no such file (hub tags need the network; give a file)")
         return _build(_model_cfg(spec, spec), _load_pt(pretrained), spec, pretrained)
+    if os.path.isfile(spec):
+        return _build(_model_cfg(spec, model_config), _load_pt(spec), spec, os.path.basename(spec))
     raise ModelLoadError(f"--model {spec}: not a run dir, export dir, checkpoint dir or file; an open_clip model "
                          "name needs --pretrained FILE")
