@@ -4,6 +4,7 @@ import json
 import numpy as np
 import open_clip
 import pytest
+import torch
 
 from data_pipeline.config import DataConfig, SourceConfig
 from data_pipeline.shards import ShardError, index_tar
@@ -184,3 +185,26 @@ def test_converter_output_trains(flickr8k_dir, tmp_path):
             for key, tokens in zip(batch["keys"], batch["tokens"]):
                 options = TOKENIZER(captions[key])
                 assert any(bool((tokens == option).all()) for option in options)
+
+
+def test_pixels_and_caption_choice_do_not_depend_on_workers_or_ranks(small_dataset):
+    out, _ = small_dataset
+    single = list(make_loader([(out, 1)], workers=0))
+    ranks = [list(make_loader([(out, 1)], rank=r, world=2, workers=2)) for r in range(2)]
+    for step, batch in enumerate(single):
+        halves = [ranks[0][step], ranks[1][step]]
+        assert batch["keys"] == halves[0]["keys"] + halves[1]["keys"]
+        assert (batch["images"] == torch.cat([h["images"] for h in halves])).all()
+        assert (batch["tokens"] == torch.cat([h["tokens"] for h in halves])).all()
+
+
+def test_caption_choice_is_per_visit(small_dataset):
+    out, _ = small_dataset
+    loader = make_loader([(out, 1)])
+    chosen = [{}, {}]
+    for epoch in range(2):
+        for batch in loader:
+            for key, tokens in zip(batch["keys"], batch["tokens"]):
+                chosen[epoch][key] = int((tokens == TOKENIZER([f"caption 1 of {key}"])[0]).all())
+    assert 5 < sum(chosen[0].values()) < 35  # both lines get picked (2 captions per sample)
+    assert chosen[0] != chosen[1]  # and the choice is drawn again at each visit
