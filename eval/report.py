@@ -70,8 +70,8 @@ def examples(run, comm, num: int, k: int) -> Dict:
         out = []
         for j in range(min(num, len(run.local.keys))):
             logits = 100.0 * run.local.image_emb[j:j + 1].float() @ W.float().T
-            out.append({"image": keys[j], "label": int(labels[j]), "top": _ordered(logits[0], k)})
-        return {"keys": keys, "classify": comm.gather_objects(out)[0]}
+            out.append({"image": run.local.keys[j], "label": int(labels[j]), "top": _ordered(logits[0], k)})
+        return {"keys": keys, "classify": [e for part in comm.gather_objects(out) for e in part][:num]}
     images, local = run.extra["all_images"].float().cpu(), run.local
     flat = [c for caps in local.captions for c in caps]  # local text t is flat[t]
     tile = (max(64, num), 4096)
@@ -95,7 +95,8 @@ def examples(run, comm, num: int, k: int) -> Dict:
     for q in range(len(queries)):
         pool = [c for part in parts if q < len(part) for c in part[q]]
         merged.append({"image": q, "top": sorted(pool, key=lambda c: (-c[0], c[1]))[:k]})
-    return {"keys": keys, "text_queries": comm.gather_objects(text_q)[0], "image_queries": merged}
+    text_q = [e for part in comm.gather_objects(text_q) for e in part][:num]  # rank 0 may hold no caption
+    return {"keys": keys, "text_queries": text_q, "image_queries": merged}
 
 
 def thumbnails(data: ShardSet, keys: List[str], size: int = 96) -> Dict[str, bytes]:
