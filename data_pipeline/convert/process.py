@@ -34,9 +34,9 @@ def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
     return result
 
 
-def process_shard(task: Tuple[int, List[Tuple[str, Item]], ConvertOptions],
+def process_chunk(task: Tuple[int, List[Tuple[str, Item]], ConvertOptions],
                   on_item: Optional[Callable[[], None]] = None) -> Tuple[int, List[dict]]:
-    """-> (shard index, results in input order). Threads only change speed, never the order."""
+    """Items of one shard (all, or a chunk) -> (shard index, results in input order). Threads change speed only."""
     index, keyed_items, options = task
     threads = options.threads or (16 if any(is_url(item.source) for _, item in keyed_items) else 1)
 

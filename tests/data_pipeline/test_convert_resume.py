@@ -113,3 +113,13 @@ def test_node_split_defaults_from_slurm():
     assert slurm_defaults({}) == (1, 0)
     assert slurm_defaults({"SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5"}) == (4, 2)
     assert slurm_defaults({"SLURM_NTASKS": "3", "SLURM_PROCID": "2"}) == (3, 2)
+
+
+def test_one_shard_split_over_workers_equals_one_worker(tmp_path):
+    """A 150-item shard is processed in chunks by 2 workers: same bytes as 1 worker."""
+    table = caption_table(tmp_path / "raw", count=150, size=(24, 18))
+    outputs = []
+    for workers in (1, 2):
+        convert([table], str(tmp_path / f"out{workers}"), image_size=16, workers=workers, progress=False)
+        outputs.append(output_files(tmp_path / f"out{workers}"))
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 6  # tar, parquet, stats, plan, sizes, manifest
