@@ -1,0 +1,194 @@
+"""`clipforge launch local|slurm`: one config -> the right torchrun / sbatch command lines.
+
+Imports no torch or deepspeed (login nodes have neither): the config is validated with the
+torch-free `pretrain.config`, the commands run `python -m torch.distributed.run` in a child.
+"""
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from typing import List, Optional
+
+from launch.slurm import SlurmOptions, TrainJob, render_train_script, submit, write_script
+from launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
+from pretrain.config import ConfigError, check_batch_split, load_config
+
+EXAMPLES = """examples:
+  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50
+  # two machines (run on each, same endpoint = node rank 0's address and a free port):
+  clipforge launch local --config C.yaml --nproc 8 --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29500
+  clipforge launch slurm --config configs/vit-l-14-multinode-zero2.yaml --nodes 16 --gpus-per-node 8 \\
+      --partition gpu --time 48:00:00 --dry-run
+  clipforge launch slurm convert --parts 16 --out shards/ -- urls.parquet --image-size 256 --workers 8
+  clipforge launch slurm eval --job-dir runs/x/eval-job --gpus-per-node 1 -- --model runs/x --data val/ --task retrieval
+"""
+
+
+USAGE = """usage: clipforge launch local|slurm --config FILE [options] [dotted.key=value ...]
+
+  local   torchrun on this node (or one node of a multi-node rendezvous)
+  slurm   write RUN/slurm/pretrain.sbatch and submit it (also: slurm convert, slurm eval)
+
+`clipforge launch local --help`, `clipforge launch slurm --help` list the options.
+"""
+
+
+def _parser(mode: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"clipforge launch {mode}", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_args(p)
+    if mode == "local":
+        p.add_argument("--nproc", type=int, default=1, help="ranks on this node (GPUs, or CPU processes)")
+        p.add_argument("--nnodes", type=int, default=1, help="nodes in the rendezvous (default 1: standalone)")
+        p.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 hosts the rendezvous)")
+        p.add_argument("--rdzv-endpoint", help="HOST:PORT of node rank 0, the same on every node")
+        p.add_argument("--rdzv-backend", default="c10d", choices=("c10d", "static"),
+                       help="c10d (default) or static (ranks follow --node-rank; endpoint = master addr:port)")
+        p.add_argument("--rdzv-id", help="rendezvous id (default: derived from train.run_dir, same on every node)")
+        return p
+    add_slurm_args(p)
+    p.add_argument("--launcher", default="torchrun", choices=("torchrun", "srun"),
+                   help="torchrun: one task per node running torchrun (c10d on the first node); "
+                        "srun: one task per rank, SLURM_* mapped to RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR")
+    p.add_argument("--signal-seconds", type=int, default=300,
+                   help="slurm sends SIGUSR1 this long before --time; the trainer checkpoints, the job requeues")
+    p.add_argument("--max-requeues", type=int, default=20, help="stop requeueing after this many restarts")
+    return p
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter with torch that runs the ranks (default: this one)")
+    p.add_argument("--dry-run", action="store_true", help="print the command / script, run and write nothing")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=100 optim.lr=1e-4")
+
+
+def add_slurm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs (= ranks) per node; 0 = CPU job")
+    p.add_argument("--procs-per-node", type=int, default=1, help="CPU ranks per node when --gpus-per-node 0")
+    p.add_argument("--cpus-per-task", type=int)
+    for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
+        p.add_argument(f"--{flag}")
+    p.add_argument("--exclusive", action="store_true")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="export this in the job script (repeatable)")
+
+
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node,
+                        cpus_per_task=args.cpus_per_task, partition=args.partition, account=args.account,
+                        time=args.time, qos=args.qos, constraint=args.constraint, exclusive=args.exclusive,
+                        mem=args.mem, env=list(args.env), python=args.python)
+    opts.validate()
+    return opts
+
+
+def _validated_config(args: argparse.Namespace, world_size: int):
+    cfg = load_config(args.config, args.overrides)
+    check_batch_split(cfg, world_size)
+    return cfg
+
+
+def run_forwarding_signals(argv: List[str], env: dict) -> int:
+    """Run the child, pass SIGTERM/SIGUSR1/SIGHUP on to it, return its exit code (128+N if killed)."""
+    children = []   # handlers first: an early SIGTERM must not kill the launcher and orphan torchrun
+
+    def forward(sig, _frame):
+        for child in children:
+            child.send_signal(sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
+    try:
+        child = subprocess.Popen(argv, env=env)
+        children.append(child)
+        while True:
+            try:
+                rc = child.wait()
+                break
+            except KeyboardInterrupt:  # Ctrl-C reached the child too (same process group): let it stop
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - rc if rc < 0 else rc
+
+
+def launch_local(args: argparse.Namespace) -> int:
+    cfg = _validated_config(args, args.nproc * args.nnodes)
+    rdzv = Rendezvous(nnodes=args.nnodes, node_rank=args.node_rank, endpoint=args.rdzv_endpoint,
+                      backend=args.rdzv_backend, run_id=args.rdzv_id or run_id_for(cfg.train.run_dir))
+    argv = [args.python, *torchrun_args(args.nproc, rdzv), *pretrain_args(args.config, args.overrides)]
+    env = local_env(dict(os.environ), args.nproc, cfg.train.device)
+    if args.dry_run:
+        print(shlex.join(argv))
+        return 0
+    _warn_without_torch(args.python)
+    print(f"clipforge launch: {shlex.join(argv)}", file=sys.stderr, flush=True)
+    return run_forwarding_signals(argv, env)
+
+
+def launch_slurm(args: argparse.Namespace) -> int:
+    opts = slurm_options(args)
+    if args.signal_seconds < 1 or args.max_requeues < 0:
+        raise LaunchError("--signal-seconds must be >= 1 and --max-requeues >= 0")
+    cfg = _validated_config(args, opts.nodes * opts.ranks_per_node)
+    run_dir = os.path.abspath(cfg.train.run_dir)
+    # the job reads a copy made at submission: editing the YAML later cannot change a queued or requeued run
+    config_copy = os.path.join(run_dir, "slurm", "submitted-config.yaml")
+    job = TrainJob(opts=opts, run_dir=run_dir, workdir=os.getcwd(),
+                   config=config_copy, overrides=list(args.overrides), launcher=args.launcher,
+                   signal_seconds=args.signal_seconds, max_requeues=args.max_requeues)
+    script = render_train_script(job)
+    if args.dry_run:
+        print(f"# would copy {shlex.quote(args.config)} to {shlex.quote(config_copy)}, write this script to "
+              f"{shlex.quote(job.script_path)} and run: sbatch --parsable {shlex.quote(job.script_path)}")
+        print(script, end="")
+        return 0
+    os.makedirs(os.path.dirname(config_copy), exist_ok=True)
+    shutil.copyfile(args.config, config_copy)
+    write_script(job.script_path, script)
+    done = os.path.join(job.run_dir, "DONE")
+    if os.path.exists(done):   # a new submission means: train (again, resuming); DONE only guards requeues
+        os.remove(done)
+    job_id = submit(job.script_path)
+    print(f"clipforge launch: submitted job {job_id}: {job.script_path}\n"
+          f"  log: {os.path.join(job.run_dir, 'slurm', 'slurm-' + job_id + '.out')}  (squeue -j {job_id})")
+    return 0
+
+
+def _warn_without_torch(python: str) -> None:
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        import importlib.util   # find_spec locates torch without importing it
+        if importlib.util.find_spec("torch") is None:
+            print(f"clipforge launch: warning: torch is not installed for {python}; pass --python PATH "
+                  "(an interpreter with torch)", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["slurm"] and argv[1:2] in (["convert"], ["eval"]):
+        from launch.slurm_jobs import main as jobs_main
+        return jobs_main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE + "\n" + EXAMPLES)
+        return 0
+    mode = argv[0]
+    if mode not in ("local", "slurm"):
+        print(f"clipforge launch: unknown mode {mode!r}; choose local or slurm (see clipforge launch --help)",
+              file=sys.stderr)
+        return 2
+    args = _parser(mode).parse_intermixed_args(argv[1:])
+    try:
+        return launch_local(args) if mode == "local" else launch_slurm(args)
+    except (ConfigError, LaunchError) as err:
+        print(f"clipforge launch: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
