@@ -9,7 +9,6 @@ _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 # One constant per purpose, so that the draws of different purposes are independent.
 SOURCE_DRAW = 0x5EED_0001
-RESAMPLE_DRAW = 0x5EED_0002
 SHARD_SHUFFLE = 0x5EED_0003
 WINDOW_SHUFFLE = 0x5EED_0004
 SAMPLE_AUGMENT = 0x5EED_0005

@@ -100,7 +100,8 @@ class TrainLoader:
     def state_dict(self) -> Dict:
         return {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
                 "step": self._state["step"], "position": self._state["position"],
-                "consumed": list(self._state["consumed"]), "counters": dict(self.counters)}
+                "consumed": list(self._state["consumed"]), "cursors": [list(c) for c in self._state["cursors"]],
+                "counters": dict(self.counters)}
 
     def load_state_dict(self, state: Dict) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -111,7 +112,8 @@ class TrainLoader:
                     f"loader state: {key}={state.get(key)!r} in the checkpoint but {value!r} in this run; exact "
                     f"resume needs the same data, seed, mode and global batch size (start a new run to change them)")
         self._state = {"step": int(state["step"]), "position": int(state["position"]),
-                       "consumed": [int(c) for c in state["consumed"]]}
+                       "consumed": [int(c) for c in state["consumed"]],
+                       "cursors": [[int(e), int(o)] for e, o in state["cursors"]]}
         self.counters = {str(k): int(v) for k, v in state.get("counters", {}).items()}
 
 

@@ -4,14 +4,14 @@ It depends only on (seed, data, weights, shuffle window, global batch size) — 
 workers — so every rank computes the same sequence and takes its own contiguous slice of each
 global batch, and a resumed run continues it exactly from the saved position.
 
-Epoch mode, per source of N samples (in shards of manifest sizes): its k-th source epoch is a
-seeded shuffle of the shard list, the shards' samples concatenated, then permuted inside
-consecutive windows of W samples (one seeded permutation per window, computed when first needed,
-O(W) memory; never an O(N) array). A source is walked as an endless chain of its epochs.
-Mixing: global position p takes its source from a seeded draw weighted by the source weights;
-each source hands out its next sample (its "consumed" count is part of the loader state).
-Resampled mode: position p -> source by weight, then a uniform sample (with replacement) by a
-seeded hash of p.
+Each source is walked as an endless chain of "source epochs". Its k-th epoch is a seeded list of
+its shards — a shuffle of all of them (epoch mode), or as many draws with replacement, each shard
+equally likely (resampled mode: every sample equally likely, like webdataset's ResampledShards) —
+their samples concatenated, then permuted inside consecutive windows of W samples (one seeded
+permutation per window, made when first needed: O(W) memory, never an O(N) array). Reading stays
+local (a window spans a few shards), which matters at LAION scale.
+Mixing: global position p takes its source from a seeded draw weighted by the source weights; each
+source hands out its next sample. Per source, the cursor (epoch, offset) is part of the loader state.
 """
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,60 +23,68 @@ from data_pipeline.stream import hashing
 
 
 class SourceOrder:
-    """One source's ordinal -> (shard index, index inside the shard)."""
+    """One source's sample sequence: cursor (epoch, offset) -> (shard index, index inside the shard)."""
 
     def __init__(self, source: int, sizes: Sequence[int], seed: int, window: int, resampled: bool):
         self.source, self.seed, self.window, self.resampled = source, seed, window, resampled
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.num_samples = int(self.sizes.sum())
-        self._identity_cum = np.cumsum(self.sizes)
         self._perms: "OrderedDict[Tuple[int, int], np.ndarray]" = OrderedDict()
         self._orders: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 
-    def _cached(self, cache: OrderedDict, key, make, keep: int):
+    @staticmethod
+    def _cached(cache: OrderedDict, key, make, keep: int):
         if key not in cache:
             cache[key] = make()
             while len(cache) > keep:
                 cache.popitem(last=False)
         return cache[key]
 
-    def _window_perm(self, epoch: int, window: int) -> np.ndarray:
-        length = min(self.window, self.num_samples - window * self.window)
-        make = lambda: hashing.rng(self.seed, hashing.WINDOW_SHUFFLE, self.source, epoch, window).permutation(length)
-        return self._cached(self._perms, (epoch, window), make, keep=8)
-
-    def _shard_order(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+    def shard_order(self, epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(shard indices in this epoch's order, cumulative sample counts along it)."""
         def make():
-            order = hashing.rng(self.seed, hashing.SHARD_SHUFFLE, self.source, epoch).permutation(len(self.sizes))
+            rng = hashing.rng(self.seed, hashing.SHARD_SHUFFLE, self.source, epoch)
+            n = len(self.sizes)
+            order = rng.integers(0, n, size=n) if self.resampled else rng.permutation(n)
             return order, np.cumsum(self.sizes[order])
         return self._cached(self._orders, epoch, make, keep=2)
 
-    @staticmethod
-    def _split(flat: np.ndarray, order: np.ndarray, cum: np.ndarray, sizes: np.ndarray):
-        k = np.searchsorted(cum, flat, side="right")
-        shard = order[k]
-        return shard, flat - (cum[k] - sizes[shard])
+    def epoch_length(self, epoch: int) -> int:
+        return self.num_samples if not self.resampled else int(self.shard_order(epoch)[1][-1])
 
-    def locate(self, ordinals: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        n = self.num_samples
-        if self.resampled:
-            draw = hashing.uniform(self.seed + 1_000_003 * self.source, hashing.RESAMPLE_DRAW, positions)
-            flat = np.minimum((draw * n).astype(np.int64), n - 1)
-            return self._split(flat, np.arange(len(self.sizes)), self._identity_cum, self.sizes)
-        epochs, within = np.divmod(ordinals, n)
-        shards = np.empty_like(ordinals)
-        indices = np.empty_like(ordinals)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            flat = within[in_epoch].copy()
-            if self.window > 1:
-                windows = flat // self.window
-                for w in np.unique(windows):
-                    m = windows == w
-                    flat[m] = w * self.window + self._window_perm(int(epoch), int(w))[flat[m] - w * self.window]
-            order, cum = self._shard_order(int(epoch))
-            shards[in_epoch], indices[in_epoch] = self._split(flat, order, cum, self.sizes)
-        return shards, indices
+    def _window_perm(self, epoch: int, window: int, length: int) -> np.ndarray:
+        size = min(self.window, length - window * self.window)
+        make = lambda: hashing.rng(self.seed, hashing.WINDOW_SHUFFLE, self.source, epoch, window).permutation(size)
+        return self._cached(self._perms, (epoch, window), make, keep=8)
+
+    def _locate_in_epoch(self, epoch: int, within: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        length = self.epoch_length(epoch)
+        flat = within.copy()
+        if self.window > 1:
+            windows = flat // self.window
+            for w in np.unique(windows):
+                m = windows == w
+                flat[m] = w * self.window + self._window_perm(epoch, int(w), length)[flat[m] - w * self.window]
+        order, cum = self.shard_order(epoch)
+        k = np.searchsorted(cum, flat, side="right")
+        return order[k], flat - (cum[k] - self.sizes[order[k]])
+
+    def take(self, cursor: Sequence[int], count: int) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+        """The next `count` samples from cursor [epoch, offset]: (shards, indices, cursor after)."""
+        epoch, offset = int(cursor[0]), int(cursor[1])
+        shards, indices = [], []
+        while count > 0:
+            length = self.epoch_length(epoch)
+            n = min(count, length - offset)
+            sh, ix = self._locate_in_epoch(epoch, np.arange(offset, offset + n, dtype=np.int64))
+            shards.append(sh)
+            indices.append(ix)
+            count, offset = count - n, offset + n
+            if offset == length:
+                epoch, offset = epoch + 1, 0
+        empty = np.empty(0, dtype=np.int64)
+        return (np.concatenate(shards) if shards else empty, np.concatenate(indices) if indices else empty,
+                [epoch, offset])
 
 
 @dataclass
@@ -107,7 +115,8 @@ class SamplePlan:
         self.positions_per_epoch = full * global_batch_size if drop_last else self.samples_per_epoch
 
     def initial_state(self) -> Dict:
-        return {"step": 0, "position": 0, "consumed": [0] * len(self.sources)}
+        return {"step": 0, "position": 0, "consumed": [0] * len(self.sources),
+                "cursors": [[0, 0] for _ in self.sources]}
 
     def batch_size_at(self, step: int) -> int:
         in_epoch = step % self.steps_per_epoch
@@ -122,6 +131,7 @@ class SamplePlan:
     def global_batch(self, state: Dict) -> Tuple[np.ndarray, np.ndarray, Dict]:
         """The next step's global batch: [B, 4] rows (position, source, shard, index) and the state after it."""
         step, position, consumed = state["step"], state["position"], list(state["consumed"])
+        cursors = [list(c) for c in state["cursors"]]
         size = self.batch_size_at(step)
         positions = np.arange(position, position + size, dtype=np.int64)
         sources = self.choose_sources(positions)
@@ -131,10 +141,10 @@ class SamplePlan:
             mask = sources == s
             count = int(mask.sum())
             if count:
-                ordinals = consumed[s] + np.arange(count, dtype=np.int64)
-                rows[mask, 2], rows[mask, 3] = order.locate(ordinals, positions[mask])
+                rows[mask, 2], rows[mask, 3], cursors[s] = order.take(cursors[s], count)
                 consumed[s] += count
-        return rows, sources, {"step": step + 1, "position": position + size, "consumed": consumed}
+        after = {"step": step + 1, "position": position + size, "consumed": consumed, "cursors": cursors}
+        return rows, sources, after
 
     def requests(self, state: Dict, rank: int, world_size: int) -> Iterator[BatchRequest]:
         """This rank's slices from `state` to the end of its epoch (rank r: rows [r*b/w, (r+1)*b/w))."""
