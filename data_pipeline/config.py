@@ -21,7 +21,8 @@ class SourceConfig:
 class DataConfig:
     sources: List[SourceConfig] = field(default_factory=list)
     # epoch: every sample once per epoch, run length derived from the manifest sizes.
-    # resampled: infinite, samples drawn with replacement (by source weight, then uniformly).
+    # resampled: infinite, with replacement (source by weight; shards drawn with replacement, each
+    # equally likely, then windowed-shuffled: every sample equally likely, reads stay local).
     mode: str = "epoch"
     # Samples are permuted inside windows of this many consecutive samples (after a seeded
     # shard shuffle): the same mixing as a webdataset shuffle buffer of this size, but
