@@ -14,8 +14,11 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .jpeg_header import jpeg_orientation
 from .options import ConvertOptions
 
+# Parallelism comes from worker processes (--workers); OpenCV's own threads would oversubscribe the cores.
+cv2.setNumThreads(1)
 # Our own --max-pixels check runs on the header before any decode; Pillow's second guard would only duplicate it.
 Image.MAX_IMAGE_PIXELS = None
 EXIF_ORIENTATION = 0x0112
@@ -75,8 +78,34 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _fast_jpeg(data: bytes, options: ConvertOptions):
+    """Plain RGB/gray JPEG without EXIF rotation -> (RGB array, width, height); None when the Pillow path must run
+    (other format, CMYK/YCCK, rotated, or a header this scan cannot read: Pillow then names the problem)."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray", "RGB") or jpeg_orientation(data) != 1:
+            return None
+    except ValueError:
+        return None
+    _check_filters(width, height, options)
+    want_w, want_h = target_size(width, height, options)
+    # libjpeg's DCT-domain downscale only pays off from factor 2 (measured: 3/4 scale is not faster).
+    big = width >= 2 * want_w and height >= 2 * want_h
+    try:
+        array = simplejpeg.decode_jpeg(data, "RGB", min_height=want_h if big else 0, min_width=want_w if big else 0,
+                                       strict=True)
+    except ValueError as error:  # truncated / corrupt scan data
+        raise ItemError("failed_to_decode", "corrupt image data", f"ValueError: {error}")
+    return array, width, height
+
+
 def _decode(data: bytes, options: ConvertOptions) -> Tuple[np.ndarray, int, int]:
     """-> (RGB array at >= target size, displayed width, displayed height)."""
+    fast = _fast_jpeg(data, options)
+    if fast is not None:
+        return fast
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -90,20 +119,12 @@ def _decode(data: bytes, options: ConvertOptions) -> Tuple[np.ndarray, int, int]
     _check_filters(width, height, options)
     want_w, want_h = target_size(width, height, options)
     try:
-        if image.format == "JPEG" and image.mode in ("RGB", "L") and orientation in (1, None):
-            # libjpeg's DCT-domain downscale only pays off from factor 2 (measured: 3/4 scale is not faster).
-            big = width >= 2 * want_w and height >= 2 * want_h
-            array = simplejpeg.decode_jpeg(data, "RGB", min_height=want_h if big else 0,
-                                           min_width=want_w if big else 0, strict=True)
-            return array, width, height
         if image.format == "JPEG":
             stored = (want_h, want_w) if orientation in TRANSPOSED else (want_w, want_h)
             image.draft(image.mode, stored)
         image.load()
         image = ImageOps.exif_transpose(image) if orientation not in (1, None) else image
         return _to_rgb(image), width, height
-    except ItemError:
-        raise
     except Exception as error:  # truncated / corrupt data: OSError, ValueError, SyntaxError from the codecs
         raise ItemError("failed_to_decode", "corrupt image data", f"{type(error).__name__}: {error}")
 

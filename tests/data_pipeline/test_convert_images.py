@@ -75,3 +75,17 @@ def test_encode_formats(fmt, magic):
     processed = process_image(jpeg(80, 60, seed=4), ConvertOptions(image_size=32, encode_format=fmt, quality=90))
     assert processed.data.startswith(magic)
     assert Image.open(io.BytesIO(processed.data)).size == (43, 32)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_header_scan_reads_the_same_orientation_as_pillow(orientation):
+    from data_pipeline.convert.jpeg_header import jpeg_orientation
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "camera maker"  # another tag before it, as real cameras write
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(buffer, format="JPEG", exif=exif.tobytes())
+    data = buffer.getvalue()
+    assert jpeg_orientation(data) == Image.open(io.BytesIO(data)).getexif()[0x0112] == orientation
+    rotated = process_image(data, ConvertOptions(image_size=8, resize_mode="none"))
+    assert (rotated.width, rotated.height) == ((8, 16) if orientation >= 5 else (16, 8))
