@@ -1,0 +1,80 @@
+"""`--model` given a real DeepSpeed checkpoint (ZeRO-2 and ZeRO-3, saved by pretrain.engine after one
+optimizer step) is consolidated on the fly and evaluates exactly like the same weights saved as model.pt."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+# One process = a world of one; trains one step so the weights differ from any initialisation, saves the
+# DeepSpeed checkpoint under RUN/checkpoints and (for reference) the gathered fp32 weights as REF.
+MAKE_CHECKPOINT = r"""
+import sys, torch, deepspeed
+from pretrain.config import load_config, save_config
+from pretrain.engine import build_engine, init_distributed
+from pretrain.model import build_model
+
+run, stage, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+cfg = load_config(sys.argv[4], [f"train.run_dir={run}", f"deepspeed.zero_stage={stage}"])
+save_config(cfg, f"{run}/config.yaml")
+torch.manual_seed(0)
+bundle = build_model(cfg.model, cfg.loss)
+engine, _ = build_engine(cfg, bundle.model, init_distributed("cpu"), 1)
+images, tokens = torch.randn(4, 3, 64, 64), torch.randint(1, 400, (4, 32))
+img, txt, scale, _ = engine(images, tokens)
+loss = -(scale * (img * txt).sum(1)).mean()
+engine.backward(loss)
+engine.step()
+engine.save_checkpoint(f"{run}/checkpoints", tag="step00000001")
+with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+    state = {k[len("clip."):]: v.detach().clone().float() for k, v in engine.module.state_dict().items()}
+torch.save(state, ref)
+"""
+
+CONFIG = """
+model: {name: configs/models/tiny-vit.json}
+data: {sources: [{path: unused}]}
+train: {steps: 1, global_batch_size: 4, device: cpu}
+optim: {lr: 0.01, grad_clip: 0.0}
+deepspeed: {precision: fp32}
+"""
+
+
+def make_checkpoint(tmp_path, stage):
+    run = tmp_path / f"run-zero{stage}"
+    run.mkdir()
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-c", MAKE_CHECKPOINT, str(run), str(stage), str(tmp_path / "ref.pt"),
+                           str(tmp_path / "cfg.yaml")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def metrics(args, out):
+    assert main([str(a) for a in args] + ["--out", str(out), "--quiet", "--batch-size", "16"]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_checkpoint_evaluates_like_its_weights(eval_shards, tmp_path, stage):
+    run = make_checkpoint(tmp_path, stage)
+    data = ["--data", eval_shards / "shards", "--task", "retrieval"]
+    ref = metrics(["--model", tmp_path / "ref.pt", "--model-config", "configs/models/tiny-vit.json"] + data,
+                  tmp_path / "ref.json")
+    ckpt = metrics(["--model", run / "checkpoints"] + data, tmp_path / "ckpt.json")  # config from RUN/config.yaml
+    whole_run = metrics(["--model", run] + data, tmp_path / "run.json")  # no export/ or model.pt: latest checkpoint
+    tag = metrics(["--model", run / "checkpoints" / "step00000001"] + data, tmp_path / "tag.json")
+    assert ckpt["metrics"] == ref["metrics"] == whole_run["metrics"] == tag["metrics"]
+    assert ckpt["pretrained"] == "deepspeed:latest" and tag["pretrained"] == "deepspeed:step00000001"
