@@ -111,7 +111,8 @@ def run(quick: bool) -> List[Dict]:
         higher_is_better=False,
         notes=(f"tiled measured (exact RSS high-water mark, PeakRSS) in {run_tiled['seconds']:.0f} s, "
                f"{feature_grads / GIB:.2f} GiB of it the feature gradients; target < 1 GB; "
-               f"clipforge's naive measured {naive_small['extra'] / GIB:.2f} GiB at B={time_b:,} = {per_b2:.1f} bytes/B^2, x B^2 "
+               f"clipforge's naive measured {naive_small['extra'] / GIB:.2f} GiB at B={time_b:,} = "
+               f"{per_b2:.1f} bytes/B^2, x B^2 "
                f"(open_clip's ~16 bytes/B^2 -> {16 * mem_b**2 / GIB:.0f} GiB)"))
     return [time_row, mem_row]
 

@@ -16,7 +16,7 @@ computes the per-row (and per-column) CE tile by tile:
 Cost: 1 block matmul forward + 3 backward (naive: 1 + 2, with B^2 floats kept between them); on
 one CPU core it is nevertheless faster than naive at B=4,096 (blocks stay in cache; bench/loss.py).
 Peak extra memory: about two tile^2 fp32 blocks plus the O(B*d) feature gradients.
-Inputs of any float dtype are computed in fp32 (autocast off): the LSE must not be done in bf16.
+bf16/fp16 inputs are computed in fp32, fp64 in fp64 (autocast off): the LSE must not be done in bf16.
 """
 import math
 from typing import Optional, Tuple
@@ -29,6 +29,11 @@ def _block_lse(x: Tensor, dim: int) -> Tensor:
     """log-sum-exp of block x along dim, one temporary block."""
     peak = x.amax(dim, keepdim=True)
     return (x - peak).exp_().sum(dim).log_().add_(peak.squeeze(dim))
+
+
+def _compute_dtype(a: Tensor) -> torch.dtype:
+    """fp32 for bf16/fp16/fp32 inputs, fp64 for fp64 ones."""
+    return torch.promote_types(a.dtype, torch.float32)
 
 
 def _spans(total: int, tile: int):
@@ -53,7 +58,7 @@ class _TiledCE(torch.autograd.Function):
                 offset: int):
         n = a.shape[0]
         with torch.autocast(a.device.type, enabled=False):
-            a32, b32, s = a.float(), b.float(), scale.float()
+            a32, b32, s = (t.to(_compute_dtype(a)) for t in (a, b, scale))
             lse_rows = a32.new_full((n,), -math.inf)
             lse_cols = a32.new_full((b.shape[0],), -math.inf) if both else None
             for r0, r1 in _spans(n, tile):
@@ -61,13 +66,13 @@ class _TiledCE(torch.autograd.Function):
                 for c0, c1 in _spans(b.shape[0], tile):
                     x = a_s @ b32[c0:c1].T
                     if bias is not None:
-                        x += bias.float()
+                        x += bias.to(x.dtype)
                     lse_rows[r0:r1] = torch.logaddexp(lse_rows[r0:r1], _block_lse(x, 1))
                     if both:
                         lse_cols[c0:c1] = torch.logaddexp(lse_cols[c0:c1], _block_lse(x, 0))
             positives = torch.linalg.vecdot(a32, b32[offset:offset + n]) * s  # [n]
             if bias is not None:
-                positives += bias.float()
+                positives += bias.to(positives.dtype)
         ctx.tile, ctx.both, ctx.offset = tile, both, offset
         ctx.save_for_backward(a, b, scale, bias, lse_rows, lse_cols)
         if both:
@@ -79,9 +84,9 @@ class _TiledCE(torch.autograd.Function):
         a, b, scale, bias, lse_rows, lse_cols = ctx.saved_tensors
         need_a, need_b, need_s, need_bias = ctx.needs_input_grad[:4]
         with torch.autocast(a.device.type, enabled=False):
-            a32, b32, s = a.float(), b.float(), scale.float()
-            g_rows = grad_rows.float()
-            g_cols = grad_cols.float() if ctx.both else None
+            a32, b32, s = (t.to(_compute_dtype(a)) for t in (a, b, scale))
+            g_rows = grad_rows.to(a32.dtype)
+            g_cols = grad_cols.to(a32.dtype) if ctx.both else None
             # On the label line dX gets -g_row[i] (and -g_col[i]: with both, row i's label is column i).
             g_label = g_rows + g_cols if ctx.both else g_rows
             grad_a_unscaled = torch.zeros_like(a32)  # sum_j dX_ij b_j; times s = d/da, dot a = d/ds
@@ -92,7 +97,7 @@ class _TiledCE(torch.autograd.Function):
                 for c0, c1 in _spans(b.shape[0], ctx.tile):
                     x = a_s @ b32[c0:c1].T
                     if bias is not None:
-                        x += bias.float()
+                        x += bias.to(x.dtype)
                     # dX = g_row * softmax over the row (+ g_col * softmax over the column), in place.
                     dx = torch.sub(x, lse_rows[r0:r1, None]).exp_().mul_(g_rows[r0:r1, None])
                     if ctx.both:

@@ -15,10 +15,12 @@ from tests.pretrain.test_gather_dist import spawn_gloo
 from tests.pretrain.test_loss import _features
 
 CASES = [
-    ("infonce", False, True),   # kind, local_loss, gather_with_grad
-    ("infonce", True, True),
-    ("siglip", False, True),
-    ("infonce", False, False),  # open_clip's default: own-rank gradient only (1/world after averaging)
+    ("infonce", "naive", False, True),   # kind, impl, local_loss, gather_with_grad
+    ("infonce", "naive", True, True),
+    ("infonce", "tiled", False, True),   # fp64 inputs: the tiled loss computes in fp64 too
+    ("infonce", "tiled", True, True),
+    ("siglip", "naive", False, True),
+    ("infonce", "naive", False, False),  # open_clip's default: own-rank gradient only (1/world after averaging)
 ]
 
 
@@ -37,7 +39,7 @@ def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
 def _loss_worker(rank: int, world: int, sizes: list) -> None:
     total = sum(sizes)
     start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
-    for kind, local_loss, with_grad in CASES:
+    for kind, impl, local_loss, with_grad in CASES:
         image, text = _features(total, 16, seed=5)
         scale = torch.tensor(14.0, dtype=torch.float64, requires_grad=True)
         bias = torch.tensor(-4.0, dtype=torch.float64, requires_grad=True)
@@ -45,10 +47,10 @@ def _loss_worker(rank: int, world: int, sizes: list) -> None:
 
         my_image = image.detach()[start:stop].clone().requires_grad_()
         my_text = text.detach()[start:stop].clone().requires_grad_()
-        cfg = LossConfig(kind=kind, local_loss=local_loss, gather_with_grad=with_grad)
+        cfg = LossConfig(kind=kind, impl=impl, tile_size=4, local_loss=local_loss, gather_with_grad=with_grad)
         loss = build_loss(cfg, rank, world)(my_image, my_text, scale, bias)
         g_image, g_text, g_scale, g_bias = torch.autograd.grad(loss, [my_image, my_text, scale, bias])
-        case = f"{kind} local_loss={local_loss} gather_with_grad={with_grad} rank {rank}"
+        case = f"{kind} {impl} local_loss={local_loss} gather_with_grad={with_grad} rank {rank}"
         torch.testing.assert_close(_mean_over_ranks(loss, world), ref_loss, rtol=1e-12, atol=0, msg=case)
         factor = world if with_grad else 1  # without gather-with-grad only the own-slot term is there
         torch.testing.assert_close(g_image / factor, ref_image[start:stop], rtol=1e-10, atol=1e-14, msg=case)
@@ -61,6 +63,6 @@ def _loss_worker(rank: int, world: int, sizes: list) -> None:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("sizes", [[6, 6], [5, 9]], ids=["equal", "unequal"])
+@pytest.mark.parametrize("sizes", [[6, 6], [5, 9], [0, 9]], ids=["equal", "unequal", "rank0-empty"])
 def test_two_ranks_equal_single_process_full_batch(sizes):
     spawn_gloo(_loss_worker, 2, sizes)

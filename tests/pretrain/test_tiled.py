@@ -58,7 +58,8 @@ def test_tiled_ce_rows_and_columns_equal_torch_cross_entropy():
     logits = scale * a @ b.T + bias
     labels = torch.arange(70)
     torch.testing.assert_close(rows, F.cross_entropy(logits, labels, reduction="none"), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(cols, F.cross_entropy(logits.T, labels, reduction="none"), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(cols, F.cross_entropy(logits.T, labels, reduction="none"),
+                               rtol=1e-6, atol=1e-5)
     # One direction, rows 0..29 labelled with columns 25..54 of a non-square [30, 70] problem.
     (part,) = tiled_ce(a[:30], b, scale, bias, tile=16, both=False, offset=25)
     expected = F.cross_entropy(logits[:30], labels[:30] + 25, reduction="none")
