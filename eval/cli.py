@@ -1,7 +1,9 @@
 """`clipforge eval`: zero-shot retrieval / classification of any checkpoint, CLIP_benchmark-compatible JSON."""
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from typing import List, Optional
 
 import torch
@@ -38,6 +40,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     "{index: name}); default: the sorted distinct label names")
     ap.add_argument("--templates", default="imagenet7", help="classification: prompt set (simple, imagenet7, "
                     "cifar) or a file of templates with {c}")
+    ap.add_argument("--convert-dir", help="raw --data: convert into this dir and keep it (default: a temp dir, "
+                    "removed at the end)")
     ap.add_argument("--dataset-name", help="the JSON's 'dataset' (default: the --data folder's name)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=0, help="image decode worker processes per rank")
@@ -66,21 +70,33 @@ def _device(args) -> str:
 
 
 def _run(args) -> int:
-    from eval import api, report
     from eval.datasets import open_eval_data
     from eval.distributed import comm_for_world, init_from_env, rank_world
     from eval.load_model import load_model
-    from eval.templates import load_classnames, load_templates
 
     init_from_env()
     rank, world = rank_world()
     device = _device(args)
-    if device.startswith("cuda") and world > 1 and device == "cuda":
+    if device == "cuda" and world > 1:
         device = f"cuda:{torch.cuda.current_device()}"
     precision = args.precision if args.precision != "auto" else ("fp32" if device == "cpu" else "fp16")
     loaded = load_model(args.model, args.model_config, args.pretrained)
     loaded.model.to(device)
-    data = _open_data(args, open_eval_data, comm_for_world(), rank, loaded.preprocess_cfg)
+    data, temp = _open_data(args, open_eval_data, comm_for_world(), rank, loaded.preprocess_cfg)
+    try:
+        return _evaluate(args, loaded, data, device, precision, rank, world)
+    finally:
+        if temp is not None:
+            if world > 1:
+                torch.distributed.barrier()
+            if rank == 0:
+                shutil.rmtree(temp, ignore_errors=True)
+
+
+def _evaluate(args, loaded, data, device: str, precision: str, rank: int, world: int) -> int:
+    from eval import api, report
+    from eval.distributed import comm_for_world
+    from eval.templates import load_classnames, load_templates
     common = dict(batch_size=args.batch_size, device=device, precision=precision, workers=args.workers)
     if args.task == "retrieval":
         run = api.run_retrieval(loaded.model, loaded.tokenizer, loaded.transform, data, args.recall_k,
@@ -106,14 +122,24 @@ def _run(args) -> int:
 
 
 def _open_data(args, open_eval_data, comm, rank: int, preprocess_cfg):
-    """Shards as they are; a raw folder is converted once (rank 0) and every rank opens the result."""
+    """-> (shards, temp dir to remove or None). Shards are used as they are; a raw folder / caption file is
+    converted once (rank 0; every rank then opens the result) at >= 256 px (the val transform resizes)."""
     from eval.datasets import _is_shard_spec
-    if _is_shard_spec(args.data) or not hasattr(comm, "gather_objects"):
-        return open_eval_data(args.data)
+    if _is_shard_spec(args.data):
+        return open_eval_data(args.data), None
     size = preprocess_cfg.get("size", 224)
     size = size if isinstance(size, int) else max(size)
-    out = open_eval_data(args.data, image_size=max(256, size)).spec if rank == 0 else None
-    return open_eval_data(comm.gather_objects(out)[0])
+    out = None
+    if rank == 0:
+        target = args.convert_dir or tempfile.mkdtemp(prefix="clipforge-eval-")
+        try:
+            out = open_eval_data(args.data, convert_dir=target, image_size=max(256, size)).spec
+        except BaseException:
+            if not args.convert_dir:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+    out = comm.gather_objects(out)[0]
+    return open_eval_data(out), (None if args.convert_dir else out)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
