@@ -51,6 +51,11 @@ def test_fast_path_matches_pillow_reference_on_real_photos(flickr8k_dir):
     names = sorted((flickr8k_dir / "originals").glob("*.jpg"))[:12]
     for index, path in enumerate(names):
         assert_parity(path.read_bytes(), ConvertOptions(resize_mode=MODES[index % 3]))
+    for path in names[:3]:  # enlarged 4x: the reduced (DCT-domain) decode applies
+        image = Image.open(path)
+        buffer = io.BytesIO()
+        image.resize((image.width * 4, image.height * 4), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=95)
+        assert_parity(buffer.getvalue(), ConvertOptions())
 
 
 def test_sizes_follow_the_resize_mode():
@@ -65,9 +70,9 @@ def test_sizes_follow_the_resize_mode():
 def test_large_originals_use_the_reduced_decode_without_changing_the_size():
     # 2001x1500 decodes in the DCT domain at 1/4 scale (501x375); the output size still comes from the original.
     data = jpeg(2001, 1500, seed=3)
-    processed = process_image(data, ConvertOptions(image_size=256))
-    assert (processed.width, processed.height) == target_size(2001, 1500, ConvertOptions()) == (342, 256)
-    assert_parity(data, ConvertOptions(image_size=256))
+    processed = process_image(data, ConvertOptions(image_size=128))
+    assert (processed.width, processed.height) == target_size(2001, 1500, ConvertOptions(image_size=128)) == (171, 128)
+    assert_parity(data, ConvertOptions(image_size=128))
 
 
 @pytest.mark.parametrize("fmt,magic", [("jpg", b"\xff\xd8"), ("png", b"\x89PNG"), ("webp", b"RIFF")])
