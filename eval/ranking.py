@@ -75,16 +75,35 @@ class RankCounter:
         self.count_i[best_t < 0] = max_k  # an image without captions is a miss; nothing to count
 
     def texts(self, t: torch.Tensor, s: torch.Tensor, j: torch.Tensor) -> None:
-        """Add to texts t (local ids) the images j (global ids) that beat their positive; s = scores[t, j]."""
-        p, q = self.t2i[t, None], self.pos_t[t, None]
-        before = ((s > q) | ((s == q) & (j[None] < p))) & (j[None] != p)
-        self.count_t[t] += before.sum(1)
+        """Add to texts t (local ids) the images j (consecutive global ids) that come before their positive;
+        s = scores[t, j]. Exact ties are rare, so the index rule runs only on rows that have one."""
+        q, p = self.pos_t[t, None], self.t2i[t]
+        n = (s > q).sum(1)
+        eq = s == q
+        rows = eq.any(1).nonzero().squeeze(1)
+        if len(rows):  # equal score: the lower image index comes first (the positive itself is not < p)
+            n[rows] += (eq[rows] & (j[None] < p[rows, None])).sum(1)
+        col = p - j[0]
+        own = ((col >= 0) & (col < len(j))).nonzero().squeeze(1)
+        if len(own):  # never count the positive against itself, whatever the rounding
+            n[own] -= (s[own, col[own]] > q[own, 0]).long()
+        self.count_t[t] += n
 
     def images(self, t: torch.Tensor, s: torch.Tensor, i: torch.Tensor) -> None:
-        """Add to images i the texts t (local ids) that beat their best caption; s = scores[t, i]."""
-        u, b, q = (t + self.offset)[:, None], self.best_t[None, i], self.pos_i[None, i]
-        before = ((s > q) | ((s == q) & (u < b))) & (u != b)
-        self.count_i[i] += before.sum(0)
+        """Add to images i the texts t (consecutive local ids) that come before their best caption;
+        s = scores[t, i]."""
+        q, b = self.pos_i[None, i], self.best_t[i]
+        n = (s > q).sum(0)
+        eq = s == q
+        cols = eq.any(0).nonzero().squeeze(1)
+        if len(cols):  # equal score: the lower text index comes first
+            u = (t + self.offset)[:, None]
+            n[cols] += (eq[:, cols] & (u < b[None, cols])).sum(0)
+        row = b - (int(t[0]) + self.offset)
+        own = ((row >= 0) & (row < len(t))).nonzero().squeeze(1)
+        if len(own):
+            n[own] -= (s[row[own], own] > q[0, own]).long()
+        self.count_i[i] += n
 
     def open_texts(self, t: torch.Tensor) -> torch.Tensor:
         return t[self.count_t[t] < self.max_k]
