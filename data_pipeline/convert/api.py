@@ -85,7 +85,8 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
     min_size, max_aspect_ratio, max_pixels, dedup, num_nodes, node_rank, threads, timeout, retries, progress, ...).
     Raises ConvertError (one line, names the file/flag) for bad input found before per-item work.
     """
-    options = ConvertOptions(inputs=[str(path) for path in inputs], fmt=fmt, image_size=image_size,
+    # Absolute input paths: a re-run or another node from another working directory has the same plan.
+    options = ConvertOptions(inputs=[os.path.abspath(str(path)) for path in inputs], fmt=fmt, image_size=image_size,
                              resize_mode=resize_mode, samples_per_shard=samples_per_shard, workers=workers,
                              include_list=include_list, **more)
     options.validate()

@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Tuple
 from .captions import clean_captions
 from .fetch import fetch
 from .images import ItemError, process_image
-from .items import Item, is_url
+from .items import Item
 from .options import ConvertOptions
 
 
@@ -38,7 +38,9 @@ def process_chunk(task: Tuple[int, List[Tuple[str, Item]], ConvertOptions],
                   on_item: Optional[Callable[[], None]] = None) -> Tuple[int, List[dict]]:
     """Items of one shard (all, or a chunk) -> (shard index, results in input order). Threads change speed only."""
     index, keyed_items, options = task
-    threads = options.threads or (16 if any(is_url(item.source) for _, item in keyed_items) else 1)
+    # Downloads wait on the network: 16 threads keep a core busy. Local reads (and file:// URLs) do not wait.
+    remote = any(item.source.startswith(("http://", "https://")) for _, item in keyed_items)
+    threads = options.threads or (16 if remote else 1)
 
     def one(pair):
         result = process_item(pair[0], pair[1], options)
