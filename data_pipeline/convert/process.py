@@ -29,6 +29,10 @@ def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
     except ItemError as error:
         result.update(status=error.status, reason=error.reason, error_message=str(error))
         return result
+    except Exception as error:  # a codec bug on one odd file must cost that item, not the run: record it
+        result.update(status="failed_to_process", reason=type(error).__name__,
+                      error_message=f"{type(error).__name__}: {error} (please report this file)")
+        return result
     result.update(data=processed.data, width=processed.width, height=processed.height,
                   original_width=processed.original_width, original_height=processed.original_height)
     return result

@@ -62,6 +62,9 @@ def test_missing_column_is_refused_before_any_work(tmp_path):
         convert([table], str(tmp_path / "out"), progress=False)
     with pytest.raises(ConvertError, match=r"no column 'img' for --image-col"):
         convert([table], str(tmp_path / "out"), image_col="img", progress=False)
+    with pytest.raises(ConvertError, match=r"no column 'license' for --keep-cols"):
+        convert([table], str(tmp_path / "out"), image_col="picture", caption_col="text", keep_cols=["license"],
+                progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -123,3 +123,15 @@ def test_one_shard_split_over_workers_equals_one_worker(tmp_path):
         convert([table], str(tmp_path / f"out{workers}"), image_size=16, workers=workers, progress=False)
         outputs.append(output_files(tmp_path / f"out{workers}"))
     assert outputs[0] == outputs[1] and len(outputs[0]) == 6  # tar, parquet, stats, plan, sizes, manifest
+
+
+def test_slurm_array_tasks_split_the_work_from_the_environment(table, reference, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    args = [table, "--out", out, "--no-progress", "--image-size", "96", "--samples-per-shard", "6"]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "10")
+    for task in ("11", "10"):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        assert main(args) == 0
+    assert "24 input items -> 24 written" in capsys.readouterr().out
+    assert output_files(out) == reference
