@@ -41,21 +41,27 @@ def _command(table, out, workers):
             "--samples-per-shard", str(OPTIONS["samples_per_shard"])]
 
 
-def _point_reached(out, point: str) -> bool:
+def _stats_count(out) -> int:
+    return len([n for n in os.listdir(out) if n.endswith("_stats.json")]) if os.path.isdir(out) else 0
+
+
+def _point_reached(out, point: str, stats_at_start: int) -> bool:
     names = os.listdir(out) if os.path.isdir(out) else []
     if point == "plan":  # inputs read, no shard yet
         return "convert_plan.json" in names
-    if point == "temporary":  # a shard file is being written under its hidden temporary name
-        return any(name.startswith(".shard-") for name in names)
-    return len([name for name in names if name.endswith("_stats.json")]) >= int(point)
+    if point == "temporary":  # a shard file is being written under its hidden temporary name; should the 1 ms
+        # polling miss that moment, kill two shards later anyway so the run still dies mid-way
+        return any(name.startswith(".shard-") for name in names) or _stats_count(out) >= stats_at_start + 2
+    return _stats_count(out) >= int(point)
 
 
 def _kill_at(command, out, point: str) -> int:
     """Start the conversion in its own process group; SIGKILL the group (workers too) when `point` is reached."""
+    stats_at_start = _stats_count(out)
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None and not _point_reached(out, point):
+    while time.monotonic() < deadline and process.poll() is None and not _point_reached(out, point, stats_at_start):
         time.sleep(0.001)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
