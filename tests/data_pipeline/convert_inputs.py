@@ -79,6 +79,19 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _png16_rgb(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one), built from its chunks."""
+    import struct
+    import zlib
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\0" + pixels[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
 def _cut(data: bytes) -> bytes:
     return data[: len(data) * 3 // 4]  # header intact, scan data cut short
 
@@ -99,7 +112,10 @@ def awkward_images(folder) -> dict:
     exif[0x0112] = 6  # stored 64x48, displayed rotated by 90 degrees: 48x64
     buffer = io.BytesIO()
     Image.fromarray(photo(64, 48, seed=4)).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    rgb16 = np.zeros((48, 64, 3), np.uint16)
+    rgb16[...] = (0xF000, 0x8000, 0x1000)
     return {
+        "rgb16.png": _png16_rgb(rgb16),
         "good.jpg": good, "duplicate.jpg": good, "truncated.jpg": _cut(jpeg(64, 48, seed=5)), "zero.jpg": b"",
         "not_an_image.jpg": b"this is a text file that pretends to be a JPEG\n" * 4, "cmyk.jpg": cmyk,
         "gray16.png": _png(gray16), "rgba.png": _png(Image.fromarray(rgba, "RGBA")), "palette.png": _png(palette),

@@ -22,6 +22,7 @@ CASES = [
     ("missing.jpg", b"never existed", "failed_to_read", "file not found"),
     ("cmyk.jpg", b"printer colours", "success", ""),
     ("gray16.png", b"sixteen bits", "success", ""),
+    ("rgb16.png", b"48-bit colour", "success", ""),
     ("rgba.png", b"half transparent", "success", ""),
     ("palette.png", b"sixteen colours", "success", ""),
     ("exif_rotated.jpg", b"shot sideways", "success", ""),
@@ -48,7 +49,7 @@ def converted(tmp_path_factory):
     out = root / "out"
     summary = convert([str(root / "captions.csv")], str(out), image_size=32, max_pixels=100 * 100, dedup=True,
                       samples_per_shard=4, progress=False)
-    rows = [row for i in range(4) for row in pq.read_table(out / f"shard-{i:06d}.parquet").to_pylist()]
+    rows = [row for path in sorted(out.glob("shard-*.parquet")) for row in pq.read_table(path).to_pylist()]
     return summary, rows, read_shards(out), out
 
 
@@ -85,6 +86,8 @@ def test_awkward_images_come_out_as_rgb_with_the_right_content(converted):
     assert rotated.shape == (43, 32, 3)  # displayed 48x64 (portrait): shorter side 32
     gray = _decoded(samples, rows, "gray16.png")
     assert gray.shape == (32, 43, 3) and abs(float(gray.mean()) - 128) < 2  # 0x8000 -> 128
+    rgb16 = _decoded(samples, rows, "rgb16.png").reshape(-1, 3).mean(axis=0)
+    assert np.abs(rgb16 - (240, 128, 16)).max() < 3  # top 8 bits of each 16-bit channel
     rgba = _decoded(samples, rows, "rgba.png")
     assert rgba[:, :18].min() > 245  # transparent half composited on white
     cmyk = _decoded(samples, rows, "cmyk.jpg").astype(int)
