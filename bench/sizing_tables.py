@@ -4,7 +4,7 @@ from typing import Dict
 from bench.common import markdown_table
 from bench.flops import clip_flops, model_config
 from bench.sizing import (A100_PEAK, ANCHOR_A100, GB, GPU_COUNTS, H100_PEAK, LOADER_PER_CORE,
-                          LOADER_PER_CORE_SOURCE, MODELS, OPEN_CLIP_PER_WORKER,
+                          LOADER_PER_CORE_SOURCE, MODELS, OPEN_CLIP_PER_CORE,
                           activation_bytes_per_sample, loader_cores_per_gpu, loss_bytes,
                           param_counts, shard_plan, zero_bytes)
 
@@ -74,13 +74,13 @@ def loader_table() -> str:
         t = throughput(m)
         rows.append([m, t["a100"], "published" if t["published"] else "from L/14's MFU",
                      f"{100 * t['mfu']:.1f}%", loader_cores_per_gpu(t["a100"]),
-                     t["a100"] / OPEN_CLIP_PER_WORKER, t["h100"], loader_cores_per_gpu(t["h100"]),
-                     t["h100"] / OPEN_CLIP_PER_WORKER])
+                     t["a100"] / OPEN_CLIP_PER_CORE, t["h100"], loader_cores_per_gpu(t["h100"]),
+                     t["h100"] / OPEN_CLIP_PER_CORE])
     return (markdown_table(["model", "A100 samples/s/GPU", "source", "MFU", "clipforge cores/GPU",
-                            "open_clip workers/GPU", "H100 samples/s/GPU (est.)",
-                            "clipforge cores/GPU", "open_clip workers/GPU"], rows)
+                            "open_clip cores/GPU", "H100 samples/s/GPU (est.)",
+                            "clipforge cores/GPU", "open_clip cores/GPU"], rows)
             + f"\nclipforge per-core rate used: {LOADER_PER_CORE:,} samples/s/core ({LOADER_PER_CORE_SOURCE}); "
-              f"open_clip's loader: {OPEN_CLIP_PER_WORKER} samples/s per worker process.\n")
+              f"open_clip's loader in the same run: {OPEN_CLIP_PER_CORE} samples/s/core.\n")
 
 
 def shard_table() -> str:
