@@ -108,7 +108,7 @@ def launch(name: str, quick: bool, timeout: float, log_dir: Path) -> Dict:
 def render(records: List[Dict], quick: bool, info: Dict, gpu_body: Optional[str]) -> str:
     mode = "quick (CI smoke: tiny sizes, figures are not claims)" if quick else "full"
     rows = [[r["name"], r["metric"], r["clipforge"], r["peer"], r["peer_value"],
-             None if r["ratio"] is None else f"{r['ratio']:.2f}×", r["notes"]]
+             f"{r['ratio']:.2f}×" if isinstance(r["ratio"], (int, float)) else r["ratio"], r["notes"]]
             for rec in records for r in rec["rows"]]
     runs = [[rec["name"], rec["status"], rec["seconds"],
              None if rec["max_rss"] is None else rec["max_rss"] / 2**20] for rec in records]
