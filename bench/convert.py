@@ -14,6 +14,7 @@ clipforge's; without it the row reports the peer as missing.
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,22 +50,28 @@ def _inputs(work: Path, count: int, copies: int) -> int:
     return len(names) * copies
 
 
-def _timed(command, cwd: Path) -> float:
-    started = time.perf_counter()
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children and their joined workers
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(command, cwd: Path):
+    """-> (wall seconds, CPU seconds of the command and all its processes)."""
+    cpu, started = _cpu_seconds(), time.perf_counter()
     done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return seconds
+    return seconds, _cpu_seconds() - cpu
 
 
 def _clipforge(work: Path, out: Path, workers: int):
     command = [sys.executable, "-m", "data_pipeline", "convert", str(work / "paths.csv"), "--out", str(out),
                "--workers", str(workers), "--image-size", "256", "--resize-mode", "keep_ratio", "--quality", "95",
                "--no-progress", "--summary-json", str(out) + ".summary.json"]
-    seconds = _timed(command, REPO)
+    seconds, cpu = _timed(command, REPO)
     summary = json.loads(Path(str(out) + ".summary.json").read_text())
-    return seconds, summary["written"], summary["images_per_second"]
+    return seconds, summary["written"], summary["images_per_second"], cpu
 
 
 def _img2dataset(work: Path, out: Path, workers: int):
@@ -73,12 +80,12 @@ def _img2dataset(work: Path, out: Path, workers: int):
                "--output_folder", str(out), "--processes_count", str(workers), "--thread_count", "16",
                "--image_size", "256", "--resize_mode", "keep_ratio", "--encode_quality", "95",
                "--number_sample_per_shard", "1000", "--enable_wandb", "False"]
-    seconds = _timed(command, work)
+    seconds, cpu = _timed(command, work)
     stats = [json.loads(p.read_text()) for p in sorted(out.glob("*_stats.json"))]
     written = sum(s["successes"] for s in stats)
     # steady state: images over the span from the first shard's start to the last shard's end
     span = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
-    return seconds, written, written / span if span > 0 else 0.0
+    return seconds, written, written / span if span > 0 else 0.0, cpu
 
 
 def _peer_version() -> str:
@@ -106,16 +113,19 @@ def run(quick: bool) -> dict:
             if version:
                 peers.append(_img2dataset(work, work / f"i2d{round_}", workers))
     best = min(ours)
-    if any(written != images for _, written, _ in ours + peers):
+    if any(run_[1] != images for run_ in ours + peers):
         raise RuntimeError(f"a tool did not write all {images} images: {ours} {peers}")
-    notes = (f"{images} images, best of {rounds}; clipforge {best[0]:.2f} s"
-             f" (steady state {max(rate for _, _, rate in ours):.0f} img/s)")
+    # Images per CPU-second (all processes, start-up included) barely depends on what else runs on the machine;
+    # wall-clock figures do (load average in the notes).
+    notes = (f"{images} images, best of {rounds}, load average {os.getloadavg()[0]:.1f} on {workers} cores; "
+             f"clipforge {best[0]:.2f} s, steady state {max(r[2] for r in ours):.0f} img/s, "
+             f"{images / min(r[3] for r in ours):.0f} img/CPU-s")
     peer_value = None
     if peers:
         peer_best = min(peers)
         peer_value = images / peer_best[0]
-        notes += (f", img2dataset {version} {peer_best[0]:.2f} s (steady state "
-                  f"{max(rate for _, _, rate in peers):.0f} img/s, 16 threads/process)")
+        notes += (f"; img2dataset {version} {peer_best[0]:.2f} s, steady state {max(r[2] for r in peers):.0f} "
+                  f"img/s, {images / min(r[3] for r in peers):.0f} img/CPU-s (16 threads/process)")
     else:
         notes += "; img2dataset not installed: python -m venv .venv-peers/img2dataset && " \
                  ".venv-peers/img2dataset/bin/pip install img2dataset"

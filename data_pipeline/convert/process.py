@@ -56,3 +56,8 @@ def process_chunk(task: Tuple[int, List[Tuple[str, Item]], ConvertOptions],
         return index, [one(pair) for pair in keyed_items]
     with ThreadPoolExecutor(threads) as pool:
         return index, list(pool.map(one, keyed_items))
+
+
+def worker_ready(_) -> int:
+    """A no-op task: running it means this worker has imported the codecs (importing this module did that)."""
+    return 0
