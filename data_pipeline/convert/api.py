@@ -106,8 +106,7 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
     todo = [(index, keyed, options) for index, keyed in mine if index not in complete]
     remove_temporaries(out_dir, [index for index, _, _ in todo])
     dedup = _Dedup(options.dedup)
-    for index in sorted(complete) if options.dedup else ():
-        dedup.seed(out_dir, index)
+    unseeded = sorted(complete) if options.dedup else []
     if complete:
         log(f"clipforge convert: resuming: {len(complete)} complete shard(s) skipped, {len(todo)} to do")
     extension = EXTENSIONS[options.encode_format]
@@ -117,7 +116,10 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
     done_started = time.perf_counter()
 
     def finish(index: int, results: List[dict]) -> None:
-        # Dedup must see earlier shards first: index order is guaranteed by the ordered map below.
+        # Dedup must see exactly the shards before this one: index order is guaranteed by the ordered map below,
+        # and complete shards from an earlier run join as soon as they precede (also when a middle one is redone).
+        while unseeded and unseeded[0] < index:
+            dedup.seed(out_dir, unseeded.pop(0))
         dedup.apply(results)
         write_shard(out_dir, index, results, extension, options.keep_cols)
 

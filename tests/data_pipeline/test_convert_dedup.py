@@ -45,12 +45,13 @@ def test_resume_remembers_what_complete_shards_hold(tmp_path):
     out = tmp_path / "out"
     convert([table], str(out), dedup=True, samples_per_shard=3, image_size=16, progress=False)
     reference = _statuses(out)[0]
-    for index in (2, 3):  # as if killed before shards 2 and 3 were written
-        for suffix in (".tar", ".parquet", "_stats.json"):
-            os.remove(out / f"shard-{index:06d}{suffix}")
-    os.remove(out / "manifest.json")
-    summary = convert([table], str(out), dedup=True, samples_per_shard=3, image_size=16, progress=False)
-    assert summary["skipped_shards"] == 2 and _statuses(out)[0] == reference
+    for lost in ((2, 3), (1,)):  # as if killed before shards 2 and 3 were written; as if shard 1 were deleted
+        for index in lost:
+            for suffix in (".tar", ".parquet", "_stats.json"):
+                os.remove(out / f"shard-{index:06d}{suffix}")
+        os.remove(out / "manifest.json")
+        summary = convert([table], str(out), dedup=True, samples_per_shard=3, image_size=16, progress=False)
+        assert summary["skipped_shards"] == 4 - len(lost) and _statuses(out)[0] == reference
 
 
 def test_without_dedup_copies_are_kept(tmp_path):
