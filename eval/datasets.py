@@ -11,11 +11,11 @@ whole batches, so every image is embedded in the same batch, with the same numer
 of ranks. A sample that cannot be used (no image, image does not decode, no caption, no label) is left
 out of its batch and counted by reason, never dropped silently.
 """
+import functools
 import io
 import os
 import tempfile
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -123,12 +123,6 @@ class SampleRange(torch.utils.data.Dataset):
         return out
 
 
-@dataclass
-class Skipped:
-    counts: Counter = field(default_factory=Counter)
-    examples: Dict[str, str] = field(default_factory=dict)  # reason -> first "shard:key"
-
-
 def collate(items: List[dict], need: str) -> dict:
     """Stack the usable samples; need = "captions" (retrieval) or "label" (classification)."""
     keep, skipped = [], []
@@ -150,4 +144,4 @@ def eval_loader(data: ShardSet, start: int, end: int, transform: Callable, batch
     """Batches of samples [start, end) in order; start must be a multiple of batch_size (rank_share's)."""
     dataset = SampleRange(data, start, end, transform, label_key)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                       collate_fn=lambda items: collate(items, need))
+                                       collate_fn=functools.partial(collate, need=need))

@@ -137,3 +137,41 @@ def test_bad_input_gives_one_clear_line(eval_shards, tiny_model, capsys, args, m
     rc, _, err = run_cli([x for kv in base.items() for x in kv], capsys)
     assert rc == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_decode_workers_give_the_same_numbers(eval_shards, tiny_model, tmp_path, capsys):
+    root, _ = tiny_model
+    base = ["--model", root / "export", "--data", eval_shards / "shards", "--task", "retrieval"]
+    assert run_cli(base + ["--out", tmp_path / "w0.json"], capsys)[0] == 0
+    assert run_cli(base + ["--out", tmp_path / "w2.json", "--workers", "2"], capsys)[0] == 0
+    assert json.loads((tmp_path / "w0.json").read_text()) == json.loads((tmp_path / "w2.json").read_text())
+
+
+def test_unusable_samples_are_counted_by_reason_not_lost(eval_shards, tiny_model, tmp_path, capsys):
+    """A tar with a JPEG that does not decode, a sample without caption and one without image: each is
+    reported with its reason and an example key; the rest is evaluated."""
+    import tarfile
+    root, _ = tiny_model
+    good = list(iter_samples(str(eval_shards / "shards")))[:6]
+    members = []
+    for s in good:
+        members += [(f"{s['key']}.jpg", s["image_bytes"]), (f"{s['key']}.txt", "\n".join(s["captions"]).encode())]
+    members += [("broken.jpg", b"\xff\xd8 not a jpeg"), ("broken.txt", b"a caption")]
+    members += [("mute.jpg", good[0]["image_bytes"])]
+    members += [("blind.txt", b"a caption without an image")]
+    shard = tmp_path / "bad" / "shard-000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (shard.parent / "sizes.json").write_text(json.dumps({"shard-000000.tar": 9}))
+    rc, stdout, err = run_cli(["--model", root / "export", "--data", shard.parent, "--task", "retrieval",
+                               "--out", tmp_path / "bad.json"], capsys)
+    assert rc == 0, err
+    result = json.loads((tmp_path / "bad.json").read_text())
+    assert result["clipforge"]["counts"] == {"images": 6, "captions": 12}
+    assert result["clipforge"]["skipped"] == {"image does not decode (UnidentifiedImageError)": 1,
+                                             "no caption": 1, "no image member": 1}
+    assert "shard-000000.tar:broken" in stdout
