@@ -25,6 +25,20 @@ def read_file(path: str) -> bytes:
     return data
 
 
+def _body(response, url: str, timeout: float) -> bytes:
+    """The whole body within `timeout` seconds: requests' timeout is per socket read, so a server that trickles
+    a few bytes at a time would otherwise hold a thread forever."""
+    started, parts = time.monotonic(), []
+    for part in response.iter_content(1 << 16):
+        parts.append(part)
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"body not complete within {timeout:g} s (server trickles)")
+    data = b"".join(parts)
+    if not data:
+        raise ItemError("failed_to_download", "empty response", url)
+    return data
+
+
 def download(url: str, options: ConvertOptions) -> bytes:
     import requests  # imported here: local-only conversions never need it
 
@@ -33,18 +47,21 @@ def download(url: str, options: ConvertOptions) -> bytes:
         if attempt:
             time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
         try:
-            response = requests.get(url, timeout=options.timeout, headers={"User-Agent": options.user_agent})
+            with requests.get(url, timeout=options.timeout, headers={"User-Agent": options.user_agent},
+                              stream=True) as response:
+                if response.status_code == 200:
+                    return _body(response, url, options.timeout)
+                reason = f"http {response.status_code}"
+                detail = f"server answered {response.status_code} {response.reason}"
         except requests.Timeout:
             reason, detail = "timeout", f"no response within {options.timeout:g} s"
             continue
         except requests.RequestException as error:
             reason, detail = type(error).__name__, str(error)
             continue
-        if response.status_code == 200:
-            if not response.content:
-                raise ItemError("failed_to_download", "empty response", url)
-            return response.content
-        reason, detail = f"http {response.status_code}", f"server answered {response.status_code} {response.reason}"
+        except TimeoutError as error:
+            reason, detail = "timeout", str(error)
+            continue
         if response.status_code not in RETRY_STATUSES:
             break
     tries = f" (after {attempt + 1} tries)" if attempt else ""

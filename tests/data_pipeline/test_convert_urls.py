@@ -27,6 +27,19 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/slow.jpg":
             time.sleep(1.5)  # longer than the client's timeout
+        if self.path == "/trickle.jpg":  # headers at once, then the body a few bytes at a time
+            body = self.images["/img/1.jpg"]
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for start in range(0, len(body), len(body) // 8):
+                    self.wfile.write(body[start:start + len(body) // 8])
+                    self.wfile.flush()
+                    time.sleep(0.15)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if self.path == "/flaky.jpg" and Handler.hits[self.path] == 1:
             self.send_error(503)
             return
@@ -60,7 +73,8 @@ def server():
 
 CASES = [("/img/0.jpg", "success", ""), ("/missing.jpg", "failed_to_download", "http 404"),
          ("/slow.jpg", "failed_to_download", "timeout"), ("/redirect/1", "success", ""),
-         ("/flaky.jpg", "success", ""), ("/img/2.jpg", "success", "")]
+         ("/flaky.jpg", "success", ""), ("/img/2.jpg", "success", ""),
+         ("/trickle.jpg", "failed_to_download", "server trickles")]
 
 
 def _check(out, base):
@@ -81,7 +95,7 @@ def test_url_list_downloads_concurrently_and_records_every_status(server, tmp_pa
     summary = convert([str(tmp_path / "urls.txt")], str(tmp_path / "out"), image_size=16, timeout=0.5,
                       retries=1, progress=False)
     rows, samples = _check(tmp_path / "out", server)
-    assert summary["written"] == 4 and summary["rejected"] == {"failed_to_download": 2}
+    assert summary["written"] == 4 and summary["rejected"] == {"failed_to_download": 3}
     assert "after 2 tries" in rows[2]["error_message"] and Handler.hits["/missing.jpg"] == 1  # no retry on 404
     assert Handler.hits["/flaky.jpg"] == 2  # 503 retried once
     assert all(agent.startswith("clipforge/") for agent in Handler.agents)
