@@ -68,7 +68,6 @@ def _kill_at(command, out, point: str) -> int:
     return process.wait()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigkill_at_several_points_then_rerun_equals_uninterrupted_run(table, reference, tmp_path, workers):
     out = tmp_path / "out"
