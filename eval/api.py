@@ -5,9 +5,10 @@
 Works on one process or under torchrun/srun (every rank calls it; each embeds its share of the batches,
 image embeddings are all-gathered, each rank ranks its own captions, integer counts are summed): every
 rank returns the same numbers, equal to a single-process run. The model may be an open_clip model, the
-trainer's wrapper (`.clip`) or a DeepSpeed engine (`.module`); under ZeRO-3 pass consolidated weights
-(encode_image/encode_text outside the engine's forward do not gather partitioned parameters).
+trainer's wrapper (`.clip`) or a DeepSpeed engine (`.module`), at any ZeRO stage (ZeRO-3's partitioned
+parameters are gathered for the eval, read-only).
 """
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -45,6 +46,20 @@ def open_clip_module(model):
     return model
 
 
+def is_zero3(module) -> bool:
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def gathered(module):
+    """ZeRO-3 partitions parameters; encode_image/encode_text outside the engine's forward would see empty
+    tensors. Gather them all for the duration of the eval (read-only); a no-op for ordinary modules."""
+    params = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def _transform(transform_or_cfg):
     if isinstance(transform_or_cfg, dict):
         keys = ("size", "mean", "std", "interpolation", "resize_mode")
@@ -62,9 +77,13 @@ def _embed_share(model, tokenizer, transform, data, batch_size, device, precisio
     module = open_clip_module(model)
     was_training = module.training
     module.eval()
+    lockstep = None
+    if world > 1 and is_zero3(module):  # same number of forwards on every rank (ZeRO-3 hooks all-gather)
+        lockstep = int(comm_for_world().all_reduce_max(torch.tensor(len(loader))))
     try:
-        local = embed_batches(module, tokenizer, loader, device, precision, with_text=need == "captions",
-                              progress=progress and rank == 0)
+        with gathered(module):
+            local = embed_batches(module, tokenizer, loader, device, precision, with_text=need == "captions",
+                                  progress=progress and rank == 0, lockstep=lockstep)
     finally:
         module.train(was_training)
     return empty_like_dim(local, module.visual.output_dim)
@@ -142,7 +161,7 @@ def run_classification(model, tokenizer, transform, data, templates, classnames:
         classnames = seen
     labels = label_indices(local.labels, classnames)
     module = open_clip_module(model)
-    with torch.no_grad():
+    with torch.no_grad(), gathered(module):
         with autocast_for(device, precision):
             classifier = classification.zero_shot_classifier(module.encode_text, tokenizer, classnames, templates,
                                                              batch_size, device)

@@ -57,6 +57,11 @@ class TorchComm(Comm):
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
+    def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out
+
     def gather_objects(self, obj) -> List:
         out = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)

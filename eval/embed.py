@@ -11,7 +11,7 @@ import contextlib
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,18 +40,35 @@ def autocast_for(device: str, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def _dummy_forward(model, tokenizer, device: str, with_text: bool) -> None:
+    """One image and one caption through the towers, results dropped: keeps this rank's ZeRO-3 hook
+    collectives in step with ranks that still have batches."""
+    size = getattr(model.visual, "image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    model.encode_image(torch.zeros((1, 3) + size, device=device))
+    if with_text:
+        model.encode_text(tokenizer(["."]).to(device))
+
+
 @torch.no_grad()
 def embed_batches(model, tokenizer, loader, device: str = "cpu", precision: str = "fp32", with_text: bool = True,
-                  progress: bool = False) -> Embedded:
+                  progress: bool = False, lockstep: Optional[int] = None) -> Embedded:
+    """lockstep=N: run exactly N steps, each with one encode_image (+ encode_text) call, padding with dummy
+    forwards (ZeRO-3's per-module all-gathers need the same number of forwards on every rank)."""
     images, texts, owner = [], [], []
     out = Embedded(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     num_images = 0
     total = len(loader)
-    for n, batch in enumerate(loader):
-        for reason, where in batch["skipped"]:
+    batches = iter(loader)
+    for n in range(total if lockstep is None else lockstep):
+        batch = next(batches, None)
+        for reason, where in (batch or {}).get("skipped", []):
             out.skipped[reason] += 1
             out.skipped_examples.setdefault(reason, where)
-        if not batch["keys"]:
+        if batch is None or not batch["keys"]:
+            if lockstep is not None:
+                with autocast_for(device, precision):
+                    _dummy_forward(model, tokenizer, device, with_text)
             continue
         with autocast_for(device, precision):
             images.append(F.normalize(model.encode_image(batch["images"].to(device)).float(), dim=-1).cpu())

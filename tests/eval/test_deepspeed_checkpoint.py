@@ -1,5 +1,6 @@
-"""`--model` given a real DeepSpeed checkpoint (ZeRO-2 and ZeRO-3, saved by pretrain.engine after one
-optimizer step) is consolidated on the fly and evaluates exactly like the same weights saved as model.pt."""
+"""`--model` given a real DeepSpeed checkpoint (ZeRO-2 on 1 rank, ZeRO-3 on 2 ranks, saved by pretrain.engine
+after one optimizer step) is consolidated on the fly and evaluates exactly like the same weights saved as model.pt;
+`evaluate_retrieval` called on the live engine (the trainer's periodic eval) gives the same numbers."""
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 # One process = a world of one; trains one step so the weights differ from any initialisation, saves the
 # DeepSpeed checkpoint under RUN/checkpoints and (for reference) the gathered fp32 weights as REF.
 MAKE_CHECKPOINT = r"""
-import sys, torch, deepspeed
+import json, sys, torch, deepspeed
 from pretrain.config import load_config, save_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.model import build_model
@@ -32,9 +33,16 @@ loss = -(scale * (img * txt).sum(1)).mean()
 engine.backward(loss)
 engine.step()
 engine.save_checkpoint(f"{run}/checkpoints", tag="step00000001")
+# the trainer's periodic eval, straight on the engine (ZeRO-3: partitioned parameters)
+from eval.api import evaluate_retrieval
+metrics = evaluate_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, sys.argv[5], batch_size=16)
+assert engine.module.training  # restored after the eval
+if torch.distributed.get_rank() == 0:
+    print("METRICS " + json.dumps(metrics))
 with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
     state = {k[len("clip."):]: v.detach().clone().float() for k, v in engine.module.state_dict().items()}
-torch.save(state, ref)
+if torch.distributed.get_rank() == 0:
+    torch.save(state, ref)
 """
 
 CONFIG = """
@@ -46,7 +54,7 @@ deepspeed: {precision: fp32}
 """
 
 
-def make_checkpoint(tmp_path, stage):
+def make_checkpoint(tmp_path, stage, nproc, shards):
     run = tmp_path / f"run-zero{stage}"
     run.mkdir()
     (tmp_path / "cfg.yaml").write_text(CONFIG)
@@ -54,11 +62,15 @@ def make_checkpoint(tmp_path, stage):
            "HF_HUB_OFFLINE": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-c", MAKE_CHECKPOINT, str(run), str(stage), str(tmp_path / "ref.pt"),
-                           str(tmp_path / "cfg.yaml")], cwd=REPO, env=env, capture_output=True, text=True,
+    (tmp_path / "make.py").write_text(MAKE_CHECKPOINT)
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={nproc}"]
+    proc = subprocess.run(launcher + [str(tmp_path / "make.py"), str(run), str(stage), str(tmp_path / "ref.pt"),
+                           str(tmp_path / "cfg.yaml"), str(shards)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("METRICS "))
+    return run, json.loads(line[len("METRICS "):])
 
 
 def metrics(args, out):
@@ -67,9 +79,11 @@ def metrics(args, out):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_checkpoint_evaluates_like_its_weights(eval_shards, tmp_path, stage):
-    run = make_checkpoint(tmp_path, stage)
+@pytest.mark.parametrize("stage, nproc", [(2, 1), (3, 2)])
+def test_deepspeed_checkpoint_evaluates_like_its_weights(eval_shards, tmp_path, stage, nproc):
+    # ZeRO-3 on 2 ranks: the checkpoint holds real partitions, and the live engine's parameters are
+    # partitioned (encode_* outside the engine's forward would see empty tensors without the gather)
+    run, in_training = make_checkpoint(tmp_path, stage, nproc, eval_shards / "shards")
     data = ["--data", eval_shards / "shards", "--task", "retrieval"]
     ref = metrics(["--model", tmp_path / "ref.pt", "--model-config", "configs/models/tiny-vit.json"] + data,
                   tmp_path / "ref.json")
@@ -77,4 +91,6 @@ def test_deepspeed_checkpoint_evaluates_like_its_weights(eval_shards, tmp_path, 
     whole_run = metrics(["--model", run] + data, tmp_path / "run.json")  # no export/ or model.pt: latest checkpoint
     tag = metrics(["--model", run / "checkpoints" / "step00000001"] + data, tmp_path / "tag.json")
     assert ckpt["metrics"] == ref["metrics"] == whole_run["metrics"] == tag["metrics"]
+    # the trainer's periodic eval on the live engine gives the same numbers as the CLI on its weights
+    assert in_training == ref["metrics"]
     assert ckpt["pretrained"] == "deepspeed:latest" and tag["pretrained"] == "deepspeed:step00000001"
