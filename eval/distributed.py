@@ -38,29 +38,35 @@ def rank_world() -> tuple:
 
 
 class TorchComm(Comm):
-    """Variable-length all-gather (pad to the longest, trim) and sum all-reduce on the default group."""
+    """Variable-length all-gather (pad to the longest, trim) and sum/max all-reduce on the default group.
+    NCCL only moves CUDA tensors: inputs are moved to the backend's device and results moved back."""
+
+    def __init__(self):
+        nccl = dist.get_backend() == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def all_gather_cat(self, x: torch.Tensor) -> torch.Tensor:
         world = dist.get_world_size()
-        size = torch.tensor([len(x)], device=x.device)
+        size = torch.tensor([len(x)], device=self.device)
         sizes = [torch.zeros_like(size) for _ in range(world)]
         dist.all_gather(sizes, size)
         longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros((longest,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+        padded = torch.zeros((longest,) + tuple(x.shape[1:]), dtype=x.dtype, device=self.device)
         padded[:len(x)] = x
         parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-        return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)]).to(x.device)
+
+    def _reduce(self, x: torch.Tensor, op) -> torch.Tensor:
+        out = x.to(self.device, copy=True)
+        dist.all_reduce(out, op=op)
+        return out.to(x.device)
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return self._reduce(x, dist.ReduceOp.SUM)
 
     def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
-        return out
+        return self._reduce(x, dist.ReduceOp.MAX)
 
     def gather_objects(self, obj) -> List:
         out = [None] * dist.get_world_size()
