@@ -108,6 +108,9 @@ def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (
     rank = rank_world()[0]
     image_offset, text_offset = int(sizes[0:2 * rank:2].sum()), int(sizes[1:2 * rank:2].sum())
     images = comm.all_gather_cat(local.image_emb.to(device))
+    if len(images) == 0:
+        skipped, _ = _skips(comm, local)
+        raise ValueError(f"no usable image-caption pair in the eval data (skipped: {skipped or 'none'})")
     texts = local.text_emb.to(device)
     t2i = (local.text_to_image + image_offset).to(device)
     metrics = retrieval_metrics(texts, t2i, images, recall_k, tile, text_offset, comm)
@@ -160,6 +163,10 @@ def run_classification(model, tokenizer, transform, data, templates, classnames:
             raise ValueError("the labels are class indices: give --classnames FILE so they can become prompts")
         classnames = seen
     labels = label_indices(local.labels, classnames)
+    top = int(comm.all_reduce_max(labels.max() if len(labels) else torch.tensor(-1)))
+    if top >= len(classnames):
+        raise ValueError(f"label index {top} (field {label_key!r}) but only {len(classnames)} class names; "
+                         "give a --classnames file with every class")
     module = open_clip_module(model)
     with torch.no_grad(), gathered(module):
         with autocast_for(device, precision):

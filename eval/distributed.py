@@ -74,10 +74,5 @@ class TorchComm(Comm):
         return out
 
 
-class LocalComm(Comm):
-    def gather_objects(self, obj) -> List:
-        return [obj]
-
-
 def comm_for_world() -> Comm:
-    return TorchComm() if rank_world()[1] > 1 else LocalComm()
+    return TorchComm() if rank_world()[1] > 1 else Comm()

@@ -175,3 +175,11 @@ def test_unusable_samples_are_counted_by_reason_not_lost(eval_shards, tiny_model
     assert result["clipforge"]["skipped"] == {"image does not decode (UnidentifiedImageError)": 1,
                                              "no caption": 1, "no image member": 1}
     assert "shard-000000.tar:broken" in stdout
+
+
+def test_label_indices_beyond_the_class_names_are_refused(eval_shards, tiny_model, tmp_path, capsys):
+    root, _ = tiny_model
+    (tmp_path / "two.txt").write_text("circle\nsquare\n")  # the set has 4 shapes: names 'triangle', 'cross' unknown
+    rc, _, err = run_cli(["--model", root / "export", "--data", eval_shards / "shards", "--task", "classification",
+                          "--label-key", "shape", "--classnames", tmp_path / "two.txt"], capsys)
+    assert rc == 2 and "is not among the 2 class names" in err
