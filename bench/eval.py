@@ -2,7 +2,7 @@
 random d=512 embeddings (5 captions per image), against the naive full score matrix (computed, not run:
 it would need 200k x 1M x 4 B = 800 GB; CLIP_benchmark and open_clip's in-training eval build it).
 
-    python -m bench.eval [--quick]      # quick: 20k images x 100k captions
+    python -m bench.eval [--quick]      # quick: 10k images x 50k captions
 
 The embeddings themselves take 2.46 GB (float32) and are counted in the peak. Random embeddings are the
 easy case for tile skipping (every query is a miss after its first tile), so the notes also give the
@@ -44,7 +44,7 @@ def dense_tile_seconds(dim: int, tile=DEFAULT_TILE, cells: int = 3) -> float:
 
 
 def run(quick: bool) -> dict:
-    num_images, per_image, dim = (20_000, 5, 512) if quick else (200_000, 5, 512)
+    num_images, per_image, dim = (10_000, 5, 512) if quick else (200_000, 5, 512)
     num_texts = num_images * per_image
     gen = torch.Generator().manual_seed(0)
     with PeakRSS() as mem:
