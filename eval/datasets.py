@@ -14,7 +14,6 @@ out of its batch and counted by reason, never dropped silently.
 import functools
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -35,23 +34,26 @@ def _is_shard_spec(spec: str) -> bool:
 
 
 def open_eval_data(spec: str, convert_dir: Optional[str] = None, image_size: int = 256) -> ShardSet:
-    """A shard dataset as is; anything else (a raw folder, COCO/Flickr json, csv/tsv/parquet/jsonl) is
-    converted into convert_dir (default: a new temp dir) with `clipforge convert`'s own code."""
+    """A shard dataset as is. Anything else (a raw folder, COCO/Flickr json, csv/tsv/parquet/jsonl) is
+    converted into convert_dir with `clipforge convert`'s own code, when one is given (the CLI does; a
+    library caller such as the trainer must pass shards)."""
     spec = os.fspath(spec)
     if not _is_shard_spec(spec):
         if not os.path.exists(spec):
             raise EvalDataError(f"--data {spec}: not found (give a shard dataset dir, a .tar / brace pattern, "
                                 "or a raw folder / caption file to convert)")
+        if convert_dir is None:
+            raise EvalDataError(f"{spec}: not a shard dataset (no manifest.json / sizes.json); convert it with "
+                                "`clipforge convert` or let `clipforge eval --data` convert it")
         from data_pipeline.convert.api import convert
         from data_pipeline.convert.options import ConvertError
-        out = convert_dir or tempfile.mkdtemp(prefix="clipforge-eval-")
         try:
-            summary = convert([spec], out, image_size=image_size, progress=False)
+            summary = convert([spec], convert_dir, image_size=image_size, progress=False)
         except ConvertError as e:
             raise EvalDataError(f"--data {spec}: cannot convert it to shards: {e}") from None
         if not summary.get("written"):
             raise EvalDataError(f"--data {spec}: converting it wrote no samples ({summary.get('reasons')})")
-        spec = out
+        spec = convert_dir
     try:
         return open_shards(spec)
     except ShardError as e:

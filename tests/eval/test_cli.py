@@ -183,3 +183,18 @@ def test_label_indices_beyond_the_class_names_are_refused(eval_shards, tiny_mode
     rc, _, err = run_cli(["--model", root / "export", "--data", eval_shards / "shards", "--task", "classification",
                           "--label-key", "shape", "--classnames", tmp_path / "two.txt"], capsys)
     assert rc == 2 and "is not among the 2 class names" in err
+
+
+def test_library_call_equals_the_cli_and_needs_shards(eval_shards, tiny_model, tmp_path, capsys):
+    """evaluate_retrieval (the trainer's periodic eval) gives the CLI's numbers, and never converts raw data
+    (on every rank) behind the caller's back."""
+    from eval.api import evaluate_retrieval
+    from eval.datasets import EvalDataError
+    root, model = tiny_model
+    with pytest.raises(EvalDataError, match="not a shard dataset"):
+        evaluate_retrieval(model, open_clip.get_tokenizer("tiny-vit"), {"size": 64}, str(eval_shards / "raw"))
+    metrics = evaluate_retrieval(model, open_clip.get_tokenizer("tiny-vit"), {"size": 64}, str(eval_shards / "shards"),
+                                 batch_size=16)
+    assert run_cli(["--model", root / "export", "--data", eval_shards / "shards", "--task", "retrieval",
+                    "--out", tmp_path / "cli.json"], capsys)[0] == 0
+    assert metrics == json.loads((tmp_path / "cli.json").read_text())["metrics"]
