@@ -81,3 +81,27 @@ def train_shards(raw_dataset, tmp_path_factory) -> Path:
 
 def python_has(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+STEPS = 24   # long enough for the preemption drill to stop in the middle; each run ~15 s + 24 tiny steps
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(train_shards, tmp_path_factory):
+    """A run config for the tiny ViT: ZeRO-2 fp32 on CPU, global batch 8, STEPS steps, loss logged every step."""
+    from .launch_helpers import write_config
+    folder = tmp_path_factory.mktemp("configs")
+    return write_config(folder / "tiny.yaml", str(folder / "unused-run"), str(train_shards), steps=STEPS)
+
+
+@pytest.fixture(scope="session")
+def reference_losses(tiny_run_config, tmp_path_factory):
+    """The uninterrupted 1 node x 2 processes `launch local` run everything else is compared with."""
+    from .launch_helpers import losses
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = clipforge("launch", "local", "--config", str(tiny_run_config), "--nproc", "2",
+                       f"train.run_dir={run_dir}", timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = losses(run_dir)
+    assert sorted(found) == list(range(1, STEPS + 1)), found
+    return found
