@@ -51,20 +51,28 @@ def _loss_curve(metrics_file: Path) -> tuple[float, float]:
     return losses[0], losses[-1]
 
 
+# CLIP_benchmark's names: "image retrieval" = text->image queries, "text retrieval" = image->text.
+DIRECTION = {"image": "text->image", "text": "image->text"}
+
+
+def _row(name: str, value: float, chance: float) -> tuple[str, str, str, str]:
+    return name, f"{100 * value:.2f}", f"{100 * chance:.2f}", f"{value / chance:.1f}"
+
+
 def results_table(retrieval: dict, classification: dict, num_images: int, captions_per_image: int,
                   num_classes: int) -> str:
-    rows = [("metric", "value", "chance", "x chance")]
+    rows = [("metric", "value %", "chance %", "x chance")]
     num_captions = num_images * captions_per_image
     for k in (1, 5, 10):
         for name, chance in ((f"image_retrieval_recall@{k}", chance_text_to_image(k, num_images)),
                              (f"text_retrieval_recall@{k}", chance_image_to_text(k, num_captions, captions_per_image))):
             value = retrieval["metrics"][name]
-            rows.append((name, f"{value:.3f}", f"{chance:.3f}", f"{value / chance:.1f}"))
-    for name in ("acc1", "acc5"):
-        if name in classification["metrics"]:
-            value = classification["metrics"][name]
-            chance = min(1.0, (1 if name == "acc1" else 5) / num_classes)
-            rows.append((f"classification {name}", f"{value:.3f}", f"{chance:.3f}", f"{value / chance:.1f}"))
+            rows.append(_row(f"{name} ({DIRECTION[name.split('_')[0]]})", value, chance))
+    # acc5 is null (n/a) with fewer than 5 classes, as in CLIP_benchmark.
+    for name, k in (("acc1", 1), ("acc5", 5), ("mean_per_class_recall", 1)):
+        value = classification["metrics"].get(name)
+        if value is not None:
+            rows.append(_row(f"classification {name}", value, min(1.0, k / num_classes)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
