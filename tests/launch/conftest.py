@@ -95,13 +95,29 @@ def tiny_run_config(train_shards, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference_losses(tiny_run_config, tmp_path_factory):
+def reference_run(tiny_run_config, tmp_path_factory) -> Path:
     """The uninterrupted 1 node x 2 processes `launch local` run everything else is compared with."""
-    from .launch_helpers import losses
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     result = clipforge("launch", "local", "--config", str(tiny_run_config), "--nproc", "2",
                        f"train.run_dir={run_dir}", timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    found = losses(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def reference_losses(reference_run):
+    from .launch_helpers import losses
+    found = losses(reference_run)
     assert sorted(found) == list(range(1, STEPS + 1)), found
     return found
+
+
+@pytest.fixture(scope="session")
+def val_shards(raw_dataset, tmp_path_factory) -> Path:
+    """The 8 held-out scenes (2 captions each) as shards, for eval."""
+    out = tmp_path_factory.mktemp("shards") / "val"
+    result = clipforge("convert", str(raw_dataset), "--format", "csv", "--out", str(out), "--image-size", "64",
+                       "--resize-mode", "center_crop", "--no-progress",
+                       "--include-list", str(raw_dataset.parent / "splits" / "val.txt"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    return out

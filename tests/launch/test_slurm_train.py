@@ -25,10 +25,12 @@ def _log(run_dir: Path, job_id: str) -> str:
     return tail(run_dir / "slurm" / f"slurm-{job_id}.out", 60)
 
 
-def test_two_node_job_equals_one_node_two_processes(slurm_cluster, tiny_run_config, reference_losses, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_two_node_job_equals_one_node_two_processes(slurm_cluster, tiny_run_config, reference_losses, tmp_path,
+                                                    launcher):
     # the run dir is hostile on purpose: it reaches #SBATCH --output, bash and the trainer literally
     run_dir = tmp_path / "run $(touch pwned) 'q' \"dq\" `id` 50%"
-    job_id = _submit(tiny_run_config, run_dir)
+    job_id = _submit(tiny_run_config, run_dir, "--launcher", launcher)
     state = wait_for_job(job_id, timeout=400)
     assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", f"{state}\n{_log(run_dir, job_id)}"
     assert losses(run_dir) == reference_losses
