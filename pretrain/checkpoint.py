@@ -1,0 +1,147 @@
+"""Checkpoints: every N steps and every M minutes, on SIGTERM/SIGUSR1, atomic, last K kept.
+
+    RUN/checkpoints/step00000120/     DeepSpeed files + trainer_state.json + rng/rank<r>.json
+    RUN/checkpoints/latest            "step00000120" (written last, atomically)
+
+Atomic: every rank saves into `.tmp-stepN`; after a barrier rank 0 writes trainer_state.json, renames
+the folder and only then points `latest` at it, so a killed job never leaves a `latest` that names a
+half-written checkpoint (the run dir is on a file system all nodes share, as usual under slurm).
+Preemption: a signal only sets a flag; all ranks agree on it after the step (one all-reduce) and save
+together, then exit with EXIT_PREEMPTED so the launcher/slurm requeues the job; the requeued job
+auto-resumes from `latest`.
+"""
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
+EXIT_NONFINITE = 3  # too many consecutive non-finite steps; resume from the named checkpoint with a lower lr
+LATEST = "latest"
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 -> flag (handlers only set it: checkpointing inside a handler would race the step)."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.signum: Optional[int] = None
+        for sig in signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+
+def rng_state() -> dict:
+    state = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state()),
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def _jsonable(value):
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: str, every_steps: int, every_minutes: float, keep_last: int, rank: int):
+        self.dir = os.path.join(run_dir, "checkpoints")
+        self.every_steps, self.every_s, self.keep_last, self.rank = every_steps, every_minutes * 60, keep_last, rank
+        self.last_save = time.monotonic()
+        self.last_tag: Optional[str] = None
+
+    def due(self, step: int) -> bool:
+        """Rank 0's clock decides (ranks' clocks differ; the caller all-reduces this flag)."""
+        by_steps = self.every_steps > 0 and step % self.every_steps == 0
+        by_time = self.rank == 0 and self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s
+        return by_steps or by_time
+
+    def latest_path(self) -> Optional[str]:
+        marker = os.path.join(self.dir, LATEST)
+        if not os.path.isfile(marker):
+            return None
+        with open(marker) as f:
+            tag = f.read().strip()
+        path = os.path.join(self.dir, tag)
+        return path if os.path.isdir(path) else None
+
+    def save(self, engine, trainer_state: dict) -> str:
+        tag = tag_for(trainer_state["step"])
+        tmp_tag = f".tmp-{tag}"
+        engine.save_checkpoint(self.dir, tag=tmp_tag, save_latest=False)
+        tmp_dir = os.path.join(self.dir, tmp_tag)
+        os.makedirs(os.path.join(tmp_dir, "rng"), exist_ok=True)
+        _write_json(os.path.join(tmp_dir, "rng", f"rank{self.rank}.json"), rng_state())
+        dist.barrier()
+        if self.rank == 0:
+            _write_json(os.path.join(tmp_dir, "trainer_state.json"), trainer_state)
+            final = os.path.join(self.dir, tag)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(tmp_dir, final)
+            with open(os.path.join(self.dir, f"{LATEST}.tmp"), "w") as f:
+                f.write(tag)
+            os.replace(os.path.join(self.dir, f"{LATEST}.tmp"), os.path.join(self.dir, LATEST))
+            self._prune()
+        dist.barrier()
+        self.last_save, self.last_tag = time.monotonic(), tag
+        return os.path.join(self.dir, tag)
+
+    def _prune(self) -> None:
+        tags = sorted(t for t in os.listdir(self.dir) if t.startswith("step") and os.path.isdir(os.path.join(self.dir, t)))
+        for old in tags[:-self.keep_last] if self.keep_last > 0 else []:
+            shutil.rmtree(os.path.join(self.dir, old), ignore_errors=True)
+
+    def load(self, engine, path: str) -> dict:
+        """Restores model + optimizer into the engine, this rank's RNG; returns trainer_state."""
+        path = os.path.abspath(path.rstrip("/"))
+        state_file = os.path.join(path, "trainer_state.json")
+        if not os.path.isfile(state_file):
+            raise FileNotFoundError(f"{path}: not a clipforge checkpoint (no trainer_state.json); "
+                                    f"give a folder under RUN/checkpoints/ or --resume latest")
+        load_dir, tag = os.path.dirname(path), os.path.basename(path)
+        loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)
+        if loaded is None:
+            raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint (see the log above)")
+        with open(state_file) as f:
+            trainer_state = json.load(f)
+        rng_file = os.path.join(path, "rng", f"rank{self.rank}.json")
+        if os.path.isfile(rng_file):  # absent when resuming with more ranks than were saved
+            with open(rng_file) as f:
+                set_rng_state(json.load(f))
+        self.last_tag = tag
+        return trainer_state

@@ -1,0 +1,155 @@
+"""Model factory: any open_clip model name, an open_clip model-config JSON, or an HF text tower from
+a local directory, wrapped so that the engine's forward returns everything the loss needs.
+
+    bundle = build_model(cfg.model, cfg.loss)
+    image_features, text_features, logit_scale, logit_bias = bundle.model(images, tokens)
+
+The full model-config dict we instantiate is kept in the bundle: the export writes it verbatim into
+open_clip_config.json, so `open_clip.create_model("local-dir:RUN/export")` rebuilds the same network.
+"""
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+import open_clip
+import torch
+from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.transform import PreprocessCfg
+from torch import nn
+
+from pretrain.config import LossConfig, ModelConfig
+
+
+class ModelConfigError(ValueError):
+    """The model name / JSON / HF directory cannot be resolved; the message says what to do."""
+
+
+class ContrastiveModel(nn.Module):
+    """Wraps an open_clip model. forward(images, tokens) -> (image_features, text_features, logit_scale,
+    logit_bias): L2-normalised fp32 features [b, d], exp'd temperature clamped to [1, max_logit_scale].
+
+    Why a wrapper: the clamp happens inside the forward (not in place on the parameter after the step),
+    which is exact at every ZeRO stage; in place on a ZeRO-3-partitioned or bf16 parameter is not.
+    Calling `self.clip(...)` (its forward, not encode_text) lets ZeRO-3 gather the parameters that CLIP
+    owns directly (positional_embedding, text_projection, logit_scale)."""
+
+    def __init__(self, clip: nn.Module, max_logit_scale: float):
+        super().__init__()
+        self.clip = clip
+        self.max_logit_scale = max_logit_scale
+
+    def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None):
+        out = self.clip(images, tokens)
+        image_features, text_features, scale = out[0], out[1], out[2]
+        bias = out[3].float() if len(out) > 3 else None
+        scale = scale.float().clamp(1.0, self.max_logit_scale)
+        image_features = image_features.float() if image_features is not None else None
+        text_features = text_features.float() if text_features is not None else None
+        return image_features, text_features, scale, bias
+
+
+@dataclass
+class ModelBundle:
+    model: ContrastiveModel
+    model_cfg: Dict[str, Any]  # the full open_clip model config (what open_clip_config.json holds)
+    preprocess_cfg: Dict[str, Any]  # size, mean, std, interpolation, resize_mode
+    tokenizer: Any  # callable: list[str] -> int64 [n, context_length]
+    image_size: int
+
+    @property
+    def clip(self) -> nn.Module:
+        return self.model.clip
+
+
+def resolve_model_config(name: str) -> Dict[str, Any]:
+    """An open_clip built-in name or a path to a model-config JSON -> config dict (a copy)."""
+    if name.endswith(".json") or os.path.sep in name:
+        if not os.path.isfile(name):
+            raise ModelConfigError(f"model.name={name!r}: no such model-config JSON file")
+        try:
+            with open(name, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelConfigError(f"model.name={name!r}: not a readable JSON model config ({err})") from None
+        cfg = cfg.get("model_cfg", cfg)  # also accept an open_clip_config.json (an export)
+        if "vision_cfg" not in cfg or "text_cfg" not in cfg or "embed_dim" not in cfg:
+            raise ModelConfigError(f"model.name={name!r}: an open_clip model config needs embed_dim, "
+                                   "vision_cfg and text_cfg")
+        return cfg
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ModelConfigError(f"model.name={name!r} is neither an open_clip model (see open_clip.list_models()) "
+                               "nor a path to a model-config JSON")
+    return copy.deepcopy(cfg)
+
+
+def _hf_text_cfg(hf_dir: str, context_length: int) -> Dict[str, Any]:
+    # open_clip's HF text tower conventions (as in its roberta-ViT-B-32.json): mean pooling + MLP head.
+    hf_dir = os.path.abspath(hf_dir)
+    return {"hf_model_name": hf_dir, "hf_tokenizer_name": hf_dir, "hf_proj_type": "mlp",
+            "hf_pooler_type": "mean_pooler", "context_length": context_length}
+
+
+def final_model_config(model_cfg: ModelConfig, loss_cfg: LossConfig) -> Dict[str, Any]:
+    """The exact dict the model is built from: base config + patch dropout, HF tower, loss parameters."""
+    cfg = resolve_model_config(model_cfg.name)
+    if model_cfg.patch_dropout > 0:
+        cfg["vision_cfg"]["patch_dropout"] = model_cfg.patch_dropout
+    if model_cfg.hf_text_dir is not None:
+        context = cfg["text_cfg"].get("context_length", 77)
+        cfg["text_cfg"] = _hf_text_cfg(model_cfg.hf_text_dir, context)
+    cfg["init_logit_scale"] = loss_cfg.init_logit_scale
+    # SigLIP needs a learnable bias (open_clip #1076: dropping it trains a different loss).
+    if loss_cfg.kind == "siglip":
+        cfg["init_logit_bias"] = loss_cfg.init_logit_bias
+    else:
+        cfg.pop("init_logit_bias", None)
+    return cfg
+
+
+def instantiate(model_cfg: Dict[str, Any], hf_pretrained: bool = True) -> nn.Module:
+    """open_clip's own class choice (factory.create_model): CustomTextCLIP for custom/HF text towers."""
+    cfg = copy.deepcopy(model_cfg)
+    is_hf = "hf_model_name" in cfg.get("text_cfg", {})
+    if is_hf:
+        cfg["text_cfg"]["hf_model_pretrained"] = hf_pretrained
+    custom_text = cfg.pop("custom_text", False) or is_hf
+    return (CustomTextCLIP if custom_text else CLIP)(**cfg)
+
+
+def preprocess_config(model_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    base = asdict(PreprocessCfg())
+    return {"size": size, "mean": list(base["mean"]), "std": list(base["std"]),
+            "interpolation": base["interpolation"], "resize_mode": base["resize_mode"]}
+
+
+def tokenizer_for(model_cfg: Dict[str, Any]):
+    text_cfg = model_cfg["text_cfg"]
+    context = text_cfg.get("context_length", 77)
+    if text_cfg.get("hf_tokenizer_name"):
+        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context)
+
+
+def apply_locking(clip: nn.Module, model_cfg: ModelConfig) -> None:
+    """LiT: freeze a tower (optionally keeping its last N layer groups trainable)."""
+    if model_cfg.lock_image:
+        clip.lock_image_tower(unlocked_groups=model_cfg.lock_image_unlocked_groups, freeze_bn_stats=False)
+    if model_cfg.lock_text:
+        clip.lock_text_tower(unlocked_layers=model_cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+
+
+def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> ModelBundle:
+    """Seed torch before calling this for a reproducible initialisation (every rank must agree)."""
+    cfg = final_model_config(model_cfg, loss_cfg)
+    clip = instantiate(cfg)
+    apply_locking(clip, model_cfg)
+    model = ContrastiveModel(clip, loss_cfg.max_logit_scale)
+    size = cfg["vision_cfg"].get("image_size", 224)
+    size = size if isinstance(size, int) else size[0]
+    return ModelBundle(model=model, model_cfg=cfg, preprocess_cfg=preprocess_config(cfg),
+                       tokenizer=tokenizer_for(cfg), image_size=size)
+

@@ -1,0 +1,146 @@
+"""Wires one training run together (one process = one rank):
+
+    config -> process group -> model -> engine -> loader -> [resume] -> train loop -> checkpoint -> export
+
+`data_factory(cfg, dist, bundle, state) -> loader` is injectable (tests use in-memory batches); the
+default is data_pipeline.stream.build_train_loader. A loader is iterable (one epoch per `for`) and has
+state_dict() and counters.
+"""
+import json
+import math
+import os
+import random
+import sys
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
+from pretrain.config import RunConfig, check_batch_split, save_config
+from pretrain.engine import build_engine, init_distributed
+from pretrain.export import export_model
+from pretrain.loss import build_loss
+from pretrain.metrics import MetricsLogger
+from pretrain.model import build_model
+from pretrain.train import Trainer, train_loop
+
+
+def stream_loader(cfg: RunConfig, dist, bundle, state: Optional[dict]):
+    from data_pipeline.stream import build_train_loader
+
+    return build_train_loader(cfg.data, seed=cfg.train.seed, global_batch_size=cfg.train.global_batch_size,
+                              rank=dist.rank, world_size=dist.world_size, image_size=bundle.image_size,
+                              mean=bundle.preprocess_cfg["mean"], std=bundle.preprocess_cfg["std"],
+                              tokenizer=bundle.tokenizer, state=state, drop_last=True)
+
+
+def _epochs(loader):
+    """Epoch after epoch (each `for` over the loader is one epoch); stops if an epoch yields nothing."""
+    while True:
+        yielded = 0
+        for batch in loader:
+            yielded += 1
+            yield batch
+        if yielded == 0:
+            return
+
+
+def total_steps(cfg: RunConfig, loader) -> int:
+    if cfg.train.steps is not None:
+        return cfg.train.steps
+    if cfg.train.samples is not None:
+        return math.ceil(cfg.train.samples / cfg.train.global_batch_size)
+    return math.ceil(cfg.train.epochs * loader.steps_per_epoch)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _resume_path(cfg: RunConfig, checkpoints: CheckpointManager) -> Optional[str]:
+    """None: fresh start. No --resume: auto-resume the run dir's latest (a requeued job continues)."""
+    resume = cfg.checkpoint.resume
+    if resume is None or resume == "latest":
+        return checkpoints.latest_path()
+    if not os.path.isdir(resume):
+        raise FileNotFoundError(f"checkpoint.resume={resume!r}: no such checkpoint folder")
+    return resume
+
+
+def periodic_eval(cfg: RunConfig, engine, bundle, dist, writer):
+    """-> evaluate(step): CLIP_benchmark retrieval metrics on data.val_path, written to RUN/eval/stepN.json
+    and tensorboard (eval/...). None without a val set."""
+    if not cfg.data.val_path:
+        return None
+    from eval.api import evaluate_retrieval
+
+    def evaluate(step: int) -> dict:
+        metrics = evaluate_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
+                                     recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size,
+                                     device=str(dist.device))
+        if dist.rank == 0:
+            os.makedirs(os.path.join(cfg.train.run_dir, "eval"), exist_ok=True)
+            with open(os.path.join(cfg.train.run_dir, "eval", f"{tag_for(step)}.json"), "w") as f:
+                json.dump({"step": step, "dataset": cfg.data.val_path, "metrics": metrics}, f, indent=2)
+            for key, value in metrics.items():
+                writer.add_scalar(f"eval/{key}", value, step)
+            print(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
+                  file=sys.stderr)
+        return metrics
+    return evaluate
+
+
+def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Callable = None) -> int:
+    """loss_wrapper(loss_fn) -> loss_fn: a test hook to inject faults into the real loss."""
+    dist = init_distributed(cfg.train.device)
+    rank, world = dist.rank, dist.world_size
+    accum = check_batch_split(cfg, world)
+    run_dir = cfg.train.run_dir
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        restarts = os.environ.get("SLURM_RESTART_COUNT")
+        if restarts is not None:
+            print(f"SLURM_RESTART_COUNT={restarts}", file=sys.stderr)
+    _seed_all(cfg.train.seed)  # identical initial weights on every rank
+    bundle = build_model(cfg.model, cfg.loss)
+    engine, base_lrs = build_engine(cfg, bundle.model, dist, accum, run_dir)
+    _seed_all(cfg.train.seed + rank)  # per-rank dropout / patch-dropout masks
+    checkpoints = CheckpointManager(run_dir, cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes,
+                                    cfg.checkpoint.keep_last, rank)
+    state = {"step": 0, "samples_seen": 0, "nonfinite_total": 0, "nonfinite_consecutive": 0}
+    data_state = None
+    path = _resume_path(cfg, checkpoints)
+    if path is not None:
+        saved = checkpoints.load(engine, path)
+        data_state = saved.pop("data", None)
+        state.update({k: saved[k] for k in state})
+        if rank == 0:
+            print(f"resumed from {path} at step {state['step']} ({state['samples_seen']} samples seen)",
+                  file=sys.stderr)
+    loader = data_factory(cfg, dist, bundle, data_state)
+    loss_fn = build_loss(cfg.loss, rank, world)
+    if loss_wrapper is not None:
+        loss_fn = loss_wrapper(loss_fn)
+    metrics = MetricsLogger(run_dir, rank, world, dist.device, bundle.model_cfg)
+    evaluate = periodic_eval(cfg, engine, bundle, dist, metrics.writer)
+    trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
+                      total_steps=total_steps(cfg, loader), mean=bundle.preprocess_cfg["mean"],
+                      std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
+                      preempt=PreemptionFlag(), evaluate=evaluate)
+    code = train_loop(trainer, _epochs(loader), loader.state_dict, lambda: dict(loader.counters), state)
+    if code == 0 and evaluate is not None and not (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0):
+        evaluate(state["step"])  # the final model is always evaluated when there is a val set
+    metrics.close()
+    if code == 0:
+        if checkpoints.last_tag != tag_for(state["step"]):
+            checkpoints.save(engine, dict(state, data=loader.state_dict()))
+        if cfg.checkpoint.export_at_end:
+            export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir)
+            if rank == 0:
+                print(f"exported {os.path.join(run_dir, 'model.pt')} and {os.path.join(run_dir, 'export')}",
+                      file=sys.stderr)
+    return code

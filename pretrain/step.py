@@ -1,0 +1,98 @@
+"""One optimizer step: forward/backward over `accum` micro-batches with feature caching, so the loss
+(and its gradient) is exactly that of the full batch with all its negatives (open_clip's accum-freq
+scheme): features of every micro-batch are computed once without grad; then each micro-batch is
+recomputed with grad, its cached rows replaced, and the full-batch loss backpropagated. The sum of those
+gradients is the full-batch gradient (logit_scale/bias get 1/accum of theirs per pass: see
+pretrain/loss.py). RNG state is replayed per micro-batch so dropout /
+patch dropout draw the same masks in the cached and the recomputed pass.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from pretrain.engine import manual_clipping
+from pretrain.loss import per_micro_batch, splice_micro_batch
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: Optional[float]
+    applied: bool  # False: non-finite loss or gradient, weights untouched
+    logit_scale: float  # the (clamped) scale used by this step's loss
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    """Every rank agrees (a rank that skips alone would deadlock the others' collectives)."""
+    flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=value.device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def _rng_state(device: torch.device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def _forward_backward(engine, loss_fn, images, tokens, accum: int):
+    """-> (full-batch loss (detached), whether backward ran, logit scale)."""
+    if accum == 1:
+        img, txt, scale, bias = engine(images, tokens)
+        loss = loss_fn(img, txt, scale, bias)
+        if not _all_finite(loss.detach()):
+            return loss.detach(), False, scale.item()
+        engine.backward(loss, scale_wrt_gas=False)
+        return loss.detach(), True, scale.item()
+    image_chunks, token_chunks = images.tensor_split(accum), tokens.tensor_split(accum)
+    states, img_cache, txt_cache = [], [], []
+    with torch.no_grad():
+        for image_chunk, token_chunk in zip(image_chunks, token_chunks):
+            states.append(_rng_state(engine.device))
+            img, txt, scale, bias = engine(image_chunk, token_chunk)
+            img_cache.append(img)
+            txt_cache.append(txt)
+        after = _rng_state(engine.device)
+        loss_value = loss_fn(torch.cat(img_cache), torch.cat(txt_cache), scale, bias)
+    if not _all_finite(loss_value):
+        return loss_value, False, scale.item()
+    for j in range(accum):
+        _set_rng_state(engine.device, states[j])
+        img, txt, scale, bias = engine(image_chunks[j], token_chunks[j])
+        loss = loss_fn(splice_micro_batch(img_cache, img, j), splice_micro_batch(txt_cache, txt, j),
+                       per_micro_batch(scale, accum), per_micro_batch(bias, accum))
+        engine.backward(loss, scale_wrt_gas=False)
+        if j < accum - 1:
+            engine.step()  # not a boundary: DeepSpeed only advances its micro-step counter
+    _set_rng_state(engine.device, after)
+    return loss_value, True, scale.item()
+
+
+def train_step(engine, loss_fn, images, tokens, accum: int, cfg) -> StepResult:
+    """images: normalised [b,3,H,W] in the engine's dtype; tokens: int64 [b,L] on the engine's device."""
+    loss, ran, scale = _forward_backward(engine, loss_fn, images, tokens, accum)
+    if not ran:
+        return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale)
+    grad_norm = None
+    if manual_clipping(cfg):
+        params = [p for p in engine.module.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+        grad_norm = norm.item()
+        if not _all_finite(norm.detach()):
+            engine.zero_grad()  # grads None -> AdamW leaves every parameter (and its moments) untouched
+    engine.step()
+    if grad_norm is None:
+        norm = engine.get_global_grad_norm()
+        grad_norm = float(norm) if norm is not None else None
+    applied = engine.was_step_applied() and grad_norm is not None and math.isfinite(grad_norm)
+    return StepResult(loss=loss.item(), grad_norm=grad_norm, applied=bool(applied), logit_scale=scale)
