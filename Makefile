@@ -15,10 +15,23 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The peers, each in its own folder so their pins never touch clipforge's: CLIP_benchmark for the
+# eval parity test; img2dataset and open_clip's loader (needs webdataset 0.2.86) for the benchmarks.
+PEERS := .venv-peers
+$(PEERS)/.stamp-clip_benchmark: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --target $(PEERS)/clip_benchmark clip-benchmark==1.6.2 \
+		scikit-learn==1.6.1 scipy==1.15.3 joblib==1.4.2 threadpoolctl==3.5.0
+	touch $@
+$(PEERS)/.stamp-bench: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --target $(PEERS)/wds0286 webdataset==0.2.86 pandas==3.1.1
+	test -x $(PEERS)/img2dataset/bin/python || $(PYTHON) -m venv $(PEERS)/img2dataset
+	$(PEERS)/img2dataset/bin/pip install -q img2dataset==1.47.0
+	touch $@
+
 demo: $(STAMP)
 	$(CPU_ENV) $(VENV)/bin/clipforge demo
 
-test: $(STAMP)
+test: $(STAMP) $(PEERS)/.stamp-clip_benchmark
 	$(CPU_ENV) $(PY) -m pytest -q tests
 
 # Fast unit tests only / the multi-process tests alone.
@@ -28,10 +41,10 @@ test-fast: $(STAMP)
 test-multiprocess: $(STAMP)
 	$(CPU_ENV) $(PY) -m pytest -q tests -m "multiprocess or slurm"
 
-bench: $(STAMP)
+bench: $(STAMP) $(PEERS)/.stamp-bench
 	$(CPU_ENV) $(PY) -m bench.run_all
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(PEERS)/.stamp-bench
 	$(CPU_ENV) $(PY) -m bench.run_all --quick
 
 flickr8k: $(STAMP)
