@@ -124,8 +124,9 @@ def launch_local(args: argparse.Namespace) -> int:
                       backend=args.rdzv_backend, run_id=args.rdzv_id or run_id_for(cfg.train.run_dir))
     argv = [args.python, *torchrun_args(args.nproc, rdzv), *pretrain_args(args.config, args.overrides)]
     env = local_env(dict(os.environ), args.nproc, cfg.train.device)
-    if args.dry_run:
-        print(shlex.join(argv))
+    if args.dry_run:   # copy-pastable: the variables launch adds, then the command
+        added = [f"{k}={v}" for k, v in sorted(env.items()) if os.environ.get(k) != v]
+        print(shlex.join(added + argv))
         return 0
     _warn_without_torch(args.python)
     print(f"clipforge launch: {shlex.join(argv)}", file=sys.stderr, flush=True)

@@ -1,4 +1,7 @@
 """`clipforge launch local`: the exact torchrun command (--dry-run), config validation before any process, env."""
+import itertools
+import os
+import re
 import shlex
 import sys
 
@@ -10,10 +13,14 @@ from .launch_helpers import clipforge, write_config
 
 def test_dry_run_prints_the_standalone_torchrun_command(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", str(tmp_path / "run"), str(tmp_path / "shards"))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     result = clipforge("launch", "local", "--config", str(cfg), "--nproc", "2", "--dry-run", "optim.lr=2e-3",
-                       "--python", "/opt/py/bin/python")
+                       "--python", "/opt/py/bin/python", env=env)
     assert result.returncode == 0, result.stderr
-    assert shlex.split(result.stdout) == [
+    words = shlex.split(result.stdout)
+    assigned = list(itertools.takewhile(lambda w: re.match(r"^[A-Z_]+=", w), words))   # env first, copy-pastable
+    assert f"OMP_NUM_THREADS={max(1, os.cpu_count() // 2)}" in assigned   # the cores split over 2 ranks
+    assert words[len(assigned):] == [
         "/opt/py/bin/python", "-m", "torch.distributed.run", "--nproc-per-node=2",
         f"--signals-to-handle={FORWARDED_SIGNALS}", "--shutdown-timeout=30", "--standalone",
         "-m", "pretrain", "--config", str(cfg), "optim.lr=2e-3"]
