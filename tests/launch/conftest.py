@@ -4,6 +4,7 @@ The cluster comes from ../shared/tools/local-slurm/start_local_slurm.sh (needs r
 once per session and the stop script ALWAYS runs at the end, also when the start failed.
 """
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,9 @@ def slurm_cluster():
     # a cluster left over from an interrupted session would make the start refuse: stop it by its pid files
     subprocess.run(["bash", str(stop)], env=env, capture_output=True, timeout=120)
     try:
+        if shutil.which("sbatch") is None and shutil.which("apt-get"):
+            # the start script installs slurm with apt-get; a fresh CI image has no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300)
         result = subprocess.run(["bash", str(start)], env=env, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             pytest.fail(f"start_local_slurm.sh failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
