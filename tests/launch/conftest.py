@@ -6,7 +6,6 @@ once per session and the stop script ALWAYS runs at the end, also when the start
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -82,9 +81,6 @@ def train_shards(raw_dataset, tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr
     return out
 
-
-def python_has(module: str) -> bool:
-    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
 STEPS = 24   # long enough for the preemption drill to stop in the middle; each run ~15 s + 24 tiny steps

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_MODEL = REPO / "configs" / "models" / "tiny-vit.json"
@@ -51,6 +51,3 @@ def tail(path, lines: int = 40) -> str:
     except OSError as err:
         return f"<{err}>"
 
-
-def ls_logs(directory) -> List[str]:
-    return sorted(str(p) for p in Path(directory).glob("*.out"))

@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-from launch.torchrun import LaunchError  # noqa: F401  (the package must import without torch)
-
 from .launch_helpers import REPO, losses
 
 pytestmark = [pytest.mark.multiprocess]
