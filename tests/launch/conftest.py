@@ -88,10 +88,18 @@ STEPS = 24   # long enough for the preemption drill to stop in the middle; each 
 
 @pytest.fixture(scope="session")
 def tiny_run_config(train_shards, tmp_path_factory):
-    """A run config for the tiny ViT: ZeRO-2 fp32 on CPU, global batch 8, STEPS steps, loss logged every step."""
-    from .launch_helpers import write_config
-    folder = tmp_path_factory.mktemp("configs")
-    return write_config(folder / "tiny.yaml", str(folder / "unused-run"), str(train_shards), steps=STEPS)
+    """configs/demo-cpu.yaml (tiny ViT, DeepSpeed ZeRO-2 fp32 on CPU, 1 loader worker per rank) cut to test
+    size: global batch 8, STEPS steps, loss logged every step, no periodic checkpoints or export."""
+    import yaml
+    cfg = yaml.safe_load((REPO / "configs" / "demo-cpu.yaml").read_text())
+    assert cfg["deepspeed"]["zero_stage"] == 2 and cfg["data"]["workers"] >= 1
+    cfg["model"]["name"] = str(REPO / cfg["model"]["name"])   # jobs run in the test's tmp dir
+    cfg["data"].update(sources=[{"path": str(train_shards), "weight": 1.0}], shuffle_window=64)
+    cfg["train"].update(epochs=None, steps=STEPS, global_batch_size=8, log_every=1)
+    cfg["checkpoint"].update(every_steps=1000, every_minutes=600.0, export_at_end=False)
+    path = tmp_path_factory.mktemp("configs") / "demo-tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 @pytest.fixture(scope="session")
