@@ -55,16 +55,20 @@ def manual_clipping(cfg: RunConfig) -> bool:
     return cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision == "fp32"
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int) -> dict:
+def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_params: int = None) -> dict:
+    """num_params (trainable): buckets are capped at the model's size. ZeRO-3 allocates its reduce bucket
+    up front: the default 5e8 elements is a 2 GB fp32 buffer per rank, 250x a 7 M-parameter model."""
     ds = cfg.deepspeed
     micro = cfg.train.global_batch_size // (world_size * accum_steps)
+    # Rounded up to 64 elements: DeepSpeed wants a multiple of its alignment factor (2 fp32, 4 bf16 on 2 ranks).
+    cap = (lambda n: min(n, -(-num_params // 64) * 64)) if num_params else (lambda n: n)
     zero = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
-        zero.update(reduce_bucket_size=ds.reduce_bucket_size, allgather_bucket_size=ds.allgather_bucket_size,
+        zero.update(reduce_bucket_size=cap(ds.reduce_bucket_size), allgather_bucket_size=cap(ds.allgather_bucket_size),
                     overlap_comm=False, contiguous_gradients=True)
     if ds.zero_stage == 3:
         zero.pop("allgather_bucket_size")
-        zero.update(stage3_prefetch_bucket_size=ds.allgather_bucket_size,
+        zero.update(stage3_prefetch_bucket_size=cap(ds.allgather_bucket_size),
                     stage3_gather_16bit_weights_on_model_save=False)
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -127,7 +131,8 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
     groups, base_lrs = param_groups(model, cfg)  # (2)
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   eps=cfg.optim.eps, foreach=dist.device.type == "cuda")
-    config = deepspeed_config(cfg, dist.world_size, accum_steps)  # (3)-(5)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    config = deepspeed_config(cfg, dist.world_size, accum_steps, trainable)  # (3)-(5)
     if run_dir is not None and dist.rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "deepspeed.json"), "w") as f:

@@ -139,7 +139,25 @@ def apply_locking(clip: nn.Module, model_cfg: ModelConfig) -> None:
     if model_cfg.lock_image:
         clip.lock_image_tower(unlocked_groups=model_cfg.lock_image_unlocked_groups, freeze_bn_stats=False)
     if model_cfg.lock_text:
-        clip.lock_text_tower(unlocked_layers=model_cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+        try:
+            clip.lock_text_tower(unlocked_layers=model_cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
+        except KeyError:  # open_clip 3.3.0 has no layer map for some HF architectures (e.g. BERT/MiniLM)
+            _lock_hf_text(clip.text, model_cfg.lock_text_unlocked_layers)
+
+
+def _lock_hf_text(text: nn.Module, unlocked_layers: int) -> None:
+    """Freeze an HF encoder (BERT-style `encoder.layer` list) except its last N layers; the projection
+    head stays trainable, as in open_clip's own HF lock."""
+    encoder = getattr(text.transformer, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise ModelConfigError(f"model.lock_text: cannot find the layers of HF model {type(text.transformer).__name__} "
+                               "(expected .encoder.layer); set model.lock_text=false")
+    for param in text.transformer.parameters():
+        param.requires_grad = False
+    for layer in list(layers)[len(layers) - unlocked_layers:] if unlocked_layers > 0 else []:
+        for param in layer.parameters():
+            param.requires_grad = True
 
 
 def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> ModelBundle:

