@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -65,6 +66,24 @@ def _bad_row(row) -> Optional[str]:
     return None
 
 
+def _cause(log_path: Path) -> str:
+    """The log's last error-looking line (a torchrun banner's last line says nothing), else its last."""
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.search(r"Error|Exception|Signal \d+|Killed|Traceback", ln)]
+    return ((errors or lines or ["no output"])[-1])[:200]
+
+
+def kept(name: str, log_dir: Path) -> Optional[Dict]:
+    """The result of an earlier run of this benchmark (same mode), marked as such, if there is one."""
+    path = log_dir / f"{name}.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
+    return {"name": name, "status": f"ok (kept from the run of {when})", "seconds": None,
+            "max_rss": payload["max_rss"], "rows": payload["rows"], "log": None}
+
+
 def launch(name: str, quick: bool, timeout: float, log_dir: Path) -> Dict:
     """Parent side: run one benchmark in a child process; always returns a status record."""
     rec = {"name": name, "status": "ok", "seconds": None, "max_rss": None, "rows": [], "log": None}
@@ -92,8 +111,7 @@ def launch(name: str, quick: bool, timeout: float, log_dir: Path) -> Dict:
         rec["status"] = f"failed: timed out after {timeout:.0f} s (log: {shown})"
         return rec
     if rc != 0 or not json_path.is_file():
-        tail = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()][-1:]
-        rec["status"] = f"failed: exit {rc}: {tail[0][:200] if tail else 'no output'} (log: {shown})"
+        rec["status"] = f"failed: exit {rc}: {_cause(log_path)} (log: {shown})"
         return rec
     payload = json.loads(json_path.read_text())
     rec["max_rss"] = payload["max_rss"]
@@ -150,6 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="markdown to rewrite (default BENCHMARKS.md; "
                                   "runs/bench/BENCHMARKS-quick.md with --quick)")
     ap.add_argument("--timeout", type=float, help="seconds per benchmark (default 1800; 300 quick)")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="with --only: also list the other benchmarks' results of their last run "
+                         "(runs/bench/), each marked with its date")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 when any benchmark is missing or failed (default: report and go on)")
     ap.add_argument("--one", help=argparse.SUPPRESS)   # child mode, used by launch()
@@ -170,6 +191,12 @@ def main(argv=None) -> int:
         print(f"[bench] {name}: {rec['status']}" + (f" ({rec['seconds']:.1f} s)" if rec["seconds"] else ""),
               flush=True)
         records.append(rec)
+    if args.only and args.keep_others:
+        ran = {rec["name"] for rec in records}
+        old = [kept(n, log_dir) for n in discover() if n not in ran]
+        records += [rec for rec in old if rec]
+        order = {n: i for i, n in enumerate(discover())}
+        records.sort(key=lambda rec: order.get(rec["name"], len(order)))
     info = machine_info()
     info["torch"] = _torch_version()
     # GPU figures come from another machine: keep what is there, from the target or BENCHMARKS.md.
@@ -181,7 +208,7 @@ def main(argv=None) -> int:
                 break
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(str(out), render(records, args.quick, info, gpu_body))
-    ok = sum(rec["status"] == "ok" for rec in records)
+    ok = sum(rec["status"].startswith("ok") for rec in records)
     print(f"[bench] {ok}/{len(records)} benchmarks ran; wrote {out}")
     return 1 if args.strict and ok < len(records) else 0
 

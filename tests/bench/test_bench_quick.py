@@ -9,9 +9,9 @@ from bench.common import section, with_section
 
 from tests.conftest import REPO
 
-# gpu: its CPU logic check (tiny model); common: not a benchmark (no run()), so it must FAIL and be
-# reported; not_written_yet: a MISSING module. Real peers' benchmarks join when present.
-SUBSET = ["gpu"] + [n for n in ("loss",) if (REPO / "bench" / f"{n}.py").is_file()]
+# gpu: its CPU logic check (tiny model); loss: the tiled-loss benchmark (needs no peer install);
+# common: not a benchmark (no run()), so it must FAIL and be reported; not_written_yet: MISSING.
+SUBSET = ["gpu", "loss"]
 
 
 def test_run_all_quick_writes_table(tmp_path):
@@ -40,6 +40,15 @@ def test_run_all_quick_writes_table(tmp_path):
     # the GPU section from another machine survives the rewrite
     assert section(text, "gpu") == "H100 figures from an earlier run\n"
     assert "# old" not in text
+
+    # --only X --keep-others: other benchmarks' last results stay listed, marked with their date
+    proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--only", "not_written_yet",
+                           "--keep-others", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = out.read_text()
+    assert re.search(r"\| loss \| ok \(kept from the run of \d{4}-\d\d-\d\d \d\d:\d\d UTC\) \|", text)
+    assert "| loss-time |" in text and "| not_written_yet | missing" in text
 
 
 def test_strict_fails_on_missing(tmp_path):
