@@ -139,6 +139,10 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
             json.dump(config, f, indent=2)
     model.to(dist.device)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    if cfg.deepspeed.zero_stage in (1, 2):
+        # DeepSpeed checks gradients for inf/NaN (and then skips the step) only in fp16/bf16; turn the same
+        # check on for fp32 so a non-finite gradient never reaches the weights (ZeRO-0: pretrain/step.py).
+        engine.optimizer.check_grad_overflow = True
     return engine, base_lrs
 
 

@@ -121,6 +121,9 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
         if rank == 0:
             print(f"resumed from {path} at step {state['step']} ({state['samples_seen']} samples seen)",
                   file=sys.stderr)
+    # Before the loader forks its workers: they inherit the handler, so a SIGUSR1 sent to every process
+    # of the job (scancel --signal=USR1) does not kill them.
+    preempt = PreemptionFlag()
     loader = data_factory(cfg, dist, bundle, data_state)
     loss_fn = build_loss(cfg.loss, rank, world)
     if loss_wrapper is not None:
@@ -130,7 +133,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
                       total_steps=total_steps(cfg, loader), mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
-                      preempt=PreemptionFlag(), evaluate=evaluate)
+                      preempt=preempt, evaluate=evaluate)
     code = train_loop(trainer, _epochs(loader), loader.state_dict, lambda: dict(loader.counters), state)
     if code == 0 and evaluate is not None and not (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0):
         evaluate(state["step"])  # the final model is always evaluated when there is a val set

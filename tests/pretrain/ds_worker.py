@@ -79,15 +79,30 @@ def export_probe(out: str, stage: int) -> None:
                     "logit_scale": scale}, os.path.join(cfg.train.run_dir, "probe.pt"))
 
 
-def nan_at(step: int):
-    """Loss hook: the loss of the given step (counting loss calls, accum=1) becomes NaN on rank 0 only."""
+def nan_at(step: int, until: int = None):
+    """Loss hook: the loss of steps step..until (counting loss calls, accum=1) becomes NaN on rank 0 only."""
     def wrap(loss_fn):
         calls = {"n": 0}
 
         def fn(*args):
             calls["n"] += 1
             loss = loss_fn(*args)
-            return loss * float("nan") if calls["n"] == step and dist.get_rank() == 0 else loss
+            hit = step <= calls["n"] <= (until or step)
+            return loss * float("nan") if hit and dist.get_rank() == 0 else loss
+        return fn
+    return wrap
+
+
+def nan_grad_at(step: int):
+    """Loss hook: at the given step the loss stays finite but rank 0's image-feature gradient is NaN."""
+    def wrap(loss_fn):
+        calls = {"n": 0}
+
+        def fn(image_features, *rest):
+            calls["n"] += 1
+            if calls["n"] == step and dist.get_rank() == 0:
+                image_features.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+            return loss_fn(image_features, *rest)
         return fn
     return wrap
 
@@ -128,6 +143,12 @@ def main(mode: str, out: str) -> None:
         grads_of_first_step(config(out, "g", 0, "fp32", 1, 16, "train.micro_batch_size=2"), f"{out}/grads_2rank_accum4.pt")
         codes["nan"] = run(config(out, "nan", 2, "fp32", 2), synthetic_factory, nan_at(2))
         codes["one"] = run(config(out, "one", 2, "fp32", 1), synthetic_factory)
+        for stage in (0, 2):  # ZeRO-0: clipforge's own check; ZeRO-2: DeepSpeed's, turned on for fp32
+            codes[f"nan_grad_z{stage}"] = run(config(out, f"nan_grad_z{stage}", stage, "fp32", 2), synthetic_factory,
+                                              nan_grad_at(2))
+        codes["one_z0"] = run(config(out, "one_z0", 0, "fp32", 1), synthetic_factory)
+        codes["nan_stop"] = run(config(out, "nan_stop", 0, "fp32", 6, 8, "train.max_nonfinite_steps=2",
+                                       "checkpoint.every_steps=1"), synthetic_factory, nan_at(3, 6))
         export_probe(out, 3)
     elif mode in ("resume-a", "resume-b"):
         for stage in (2, 3):

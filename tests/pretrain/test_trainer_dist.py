@@ -29,6 +29,7 @@ def _launch(mode: str, out: Path, nproc: int) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(WORKER), mode, str(out)]
     proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    (out / f"{mode}.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, f"{mode} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return eval((out / f"{mode}.codes").read_text())  # a dict literal written by the worker
 
@@ -108,6 +109,16 @@ def test_nonfinite_loss_on_one_rank_is_skipped_counted_and_weights_unchanged(par
     assert rows[1]["nonfinite_steps"] == 1 and rows[1]["grad_norm"] is None
     # 2 steps with step 2 non-finite (on rank 0 only) == 1 step: every rank skipped the update.
     assert max_diff(weights(out / "nan"), weights(out / "one")) == 0.0
+    # A finite loss with a NaN gradient on one rank: skipped too, at ZeRO-0 (ours) and ZeRO-2 (DeepSpeed's).
+    for stage, one in ((0, "one_z0"), (2, "one")):
+        rows = [json.loads(line) for line in (out / f"nan_grad_z{stage}" / "metrics.jsonl").read_text().splitlines()]
+        assert rows[1]["nonfinite_steps"] == 1 and rows[1]["loss"] == rows[1]["loss"], stage  # loss finite
+        assert max_diff(weights(out / f"nan_grad_z{stage}"), weights(out / one)) == 0.0, stage
+    # train.max_nonfinite_steps=2 consecutive (steps 3, 4) -> stop, exit 3, naming the last checkpoint.
+    assert codes["nan_stop"] == 3
+    assert "2 consecutive non-finite steps" in (out / "parity.log").read_text()
+    assert "last good checkpoint: step00000003" in (out / "parity.log").read_text()
+    assert len(losses(out / "nan_stop")) == 3  # the stopping step is not logged as a train step
 
 
 def test_export_loads_into_open_clip_and_gives_the_engines_embeddings(parity, tiny_model_config):
