@@ -10,7 +10,6 @@
 2. bytes per rank of everything the engine keeps between steps (parameters, gradients, optimizer
    states, ZeRO partitions/buffers: unique tensor storages alive after one step) at ZeRO 0/1/2/3.
 """
-import gc
 import json
 import os
 import subprocess
@@ -54,6 +53,7 @@ def _rate(times, batch, warmup):
 
 
 def _clipforge(model_name, batch, steps, warmup, stage, out):
+    """out: a fresh run dir (an existing one would be resumed)."""
     from pretrain.config import load_config
     from pretrain.run import run
 
@@ -65,7 +65,7 @@ def _clipforge(model_name, batch, steps, warmup, stage, out):
         return holder["data"]
 
     cfg = load_config(None, [f"model.name={model_name}", "data.sources=[{path: memory}]", f"train.steps={steps}",
-                             f"train.global_batch_size={batch}", f"train.run_dir={out}/z{stage}", "train.log_every=10",
+                             f"train.global_batch_size={batch}", f"train.run_dir={out}", "train.log_every=10",
                              f"deepspeed.zero_stage={stage}", "deepspeed.precision=fp32", "train.device=cpu",
                              "checkpoint.every_steps=0", "checkpoint.every_minutes=0", "checkpoint.export_at_end=false"])
     run(cfg, data_factory=factory)
@@ -102,34 +102,39 @@ def _peer(model_name, batch, steps, warmup):
     return _rate(data.times, batch, warmup)
 
 
-def _tensors(obj, depth=0):
-    """Tensors reachable from obj through attributes, lists, tuples and dicts (ZeRO keeps its flat
+def _tensors(obj, path="", depth=0):
+    """(path, tensor) reachable from obj through attributes, lists, tuples and dicts (ZeRO keeps its flat
     buffers, partitions and states in such containers)."""
     import torch
     if torch.is_tensor(obj):
-        yield obj
+        yield path, obj
     elif depth < 4 and isinstance(obj, (list, tuple)):
         for item in obj:
-            yield from _tensors(item, depth + 1)
+            yield from _tensors(item, path, depth + 1)
     elif depth < 4 and isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item, depth + 1)
+        for key, item in obj.items():  # optimizer.state is keyed by Parameter: no name to add
+            yield from _tensors(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[]", depth + 1)
     elif depth < 2 and hasattr(obj, "__dict__") and not isinstance(obj, torch.nn.Module):
-        for item in vars(obj).values():
-            yield from _tensors(item, depth + 1)
+        for key, item in vars(obj).items():
+            yield from _tensors(item, f"{path}.{key}", depth + 1)
 
 
-def _engine_bytes(engine) -> int:
-    """Unique storages of the module's parameters (ZeRO-3: their partitions) and gradients, the
-    optimizer wrapper's buffers and the torch optimizer's states: what the engine keeps between steps."""
+def _engine_bytes(engine) -> dict:
+    """Unique storages the engine keeps between steps: the module's parameters (ZeRO-3: their partitions),
+    the optimizer wrapper's flat buffers / master copies / states, and gradient buffers (any path naming
+    'grad'), in bytes: {"model_optimizer": ..., "grads": ...}."""
     found = {}
     params = list(engine.module.parameters())
-    roots = [[getattr(p, "ds_tensor", p) for p in params], [p.grad for p in params], engine.optimizer,
-             getattr(engine.optimizer, "optimizer", None)]
-    for tensor in _tensors(roots):
+    roots = {"params": [getattr(p, "ds_tensor", p) for p in params], "grad": [p.grad for p in params],
+             "wrapper": engine.optimizer, "torch_optimizer": getattr(engine.optimizer, "optimizer", None)}
+    for path, tensor in _tensors(roots):
         storage = tensor.untyped_storage()
-        found[storage.data_ptr()] = max(found.get(storage.data_ptr(), 0), storage.nbytes())
-    return sum(found.values())
+        kind = "grads" if "grad" in path.lower() else "model_optimizer"
+        found.setdefault(storage.data_ptr(), (kind, storage.nbytes()))
+    totals = {"model_optimizer": 0, "grads": 0}
+    for kind, nbytes in found.values():
+        totals[kind] += nbytes
+    return totals
 
 
 def _state_bytes(model_name, stage, precision):
@@ -148,61 +153,68 @@ def _state_bytes(model_name, stage, precision):
                               bundle.model_cfg["text_cfg"]["context_length"])))
     images = images_to_input(batch["images"], bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"], engine)
     train_step(engine, build_loss(cfg.loss, info.rank, info.world_size), images, batch["tokens"], 1, cfg)
-    total = _engine_bytes(engine)
-    del engine, bundle
-    gc.collect()
-    return total
+    return _engine_bytes(engine)
 
 
-def worker(quick: bool, out: str) -> None:
+def worker(quick: bool, out: str, memory: str = None) -> None:
+    """memory="STAGE,PRECISION": measure one engine (its own process, so its memory is freed after)."""
     import torch.distributed as dist
     from pretrain.engine import init_distributed
 
-    batch, steps, warmup, rounds = (32, 12, 3, 1) if quick else (128, 30, 5, 3)
     info = init_distributed("cpu")
-    res = {"peer": [], "clipforge_z0": [], "clipforge_z2": []}
-    for _ in range(rounds):  # interleaved: the shared CPU's load drifts between runs
-        res["peer"].append(_peer(TINY, batch, steps, warmup))
-        for stage in (0, 2):
-            res[f"clipforge_z{stage}"].append(_clipforge(TINY, batch, steps, warmup, stage, out))
-    memory_model = TINY if quick else "ViT-B-32"
-    res["memory_model"] = memory_model
-    for precision in ("fp32", "bf16"):
-        for stage in (0, 1, 2, 3):
-            res[f"bytes_{precision}_z{stage}"] = _state_bytes(memory_model, stage, precision)
+    if memory is not None:
+        stage, precision = memory.split(",")
+        res = _state_bytes(TINY if quick else "ViT-B-32", int(stage), precision)
+    else:
+        batch, steps, warmup, rounds = (32, 12, 3, 1) if quick else (128, 30, 5, 3)
+        res = {"peer": [], "clipforge_z0": [], "clipforge_z2": []}
+        for round_ in range(rounds):  # interleaved: the shared CPU's load drifts between runs
+            res["peer"].append(_peer(TINY, batch, steps, warmup))
+            for stage in (0, 2):
+                res[f"clipforge_z{stage}"].append(
+                    _clipforge(TINY, batch, steps, warmup, stage, f"{out}/z{stage}-{round_}"))
     if info.rank == 0:
-        Path(out, "result.json").write_text(json.dumps(res))
+        Path(out, f"result-{memory or 'speed'}.json").write_text(json.dumps(res))
     dist.barrier()
 
 
+def _launch(out: str, quick: bool, memory: str = None) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "bench.trainer", "--worker", out] + (["--quick"] if quick else []) + (["--memory", memory] if memory else [])
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.trainer worker {memory or 'speed'} failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(Path(out, f"result-{memory or 'speed'}.json").read_text())
+
+
 def run(quick: bool):
+    # --quick (CI smoke): bf16 ZeRO-0 and ZeRO-3 of the tiny model only.
+    configs = [(s, p) for p in ("bf16", "fp32") for s in range(4) if not quick or (p == "bf16" and s in (0, 3))]
     with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "bench.trainer", "--worker", out] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench.trainer worker failed ({proc.returncode}): {proc.stderr[-3000:]}")
-        res = json.loads(Path(out, "result.json").read_text())
+        res = _launch(out, quick)
+        mem = {(s, p): _launch(out, quick, f"{s},{p}") for s, p in configs}
+    model = "tiny-vit" if quick else "ViT-B-32"
     peer, ours = max(res["peer"]), max(res["clipforge_z0"])  # best round of each
-    mib = {p: ", ".join(f"ZeRO-{s} {res[f'bytes_{p}_z{s}'] / 2 ** 20:.1f}" for s in range(4)) for p in ("fp32", "bf16")}
-    ratio = {p: res[f"bytes_{p}_z3"] / res[f"bytes_{p}_z0"] for p in ("fp32", "bf16")}
-    fmt_runs = lambda xs: "/".join(f"{x:.1f}" for x in xs)  # noqa: E731
+    mib = lambda k, p: ", ".join(f"ZeRO-{s} {mem[s, p][k] / 2 ** 20:.0f}" for s in range(4) if (s, p) in mem)  # noqa: E731
+    ratio = {p: mem[3, p]["model_optimizer"] / mem[0, p]["model_optimizer"] for p in ("fp32", "bf16") if (0, p) in mem}
+    runs = lambda xs: "/".join(f"{x:.1f}" for x in xs)  # noqa: E731
     return [
         result("trainer", "open_clip loop (DDP, ClipLoss gather_with_grad, AdamW)", "samples/s, 2 CPU ranks, tiny-vit",
                ours, peer,
-               notes=f"clipforge ZeRO-0 fp32, full loop; best of interleaved rounds: clipforge {fmt_runs(res['clipforge_z0'])}, "
-                     f"ZeRO-2 {fmt_runs(res['clipforge_z2'])}, peer {fmt_runs(res['peer'])}; target >= 0.95x"),
-        result("trainer-zero-memory", "ZeRO-0 (same trainer)", f"bytes/rank after a step, ZeRO-3 bf16, 2 ranks, "
-               f"{Path(res['memory_model']).stem}", res["bytes_bf16_z3"], res["bytes_bf16_z0"], higher_is_better=False,
-               notes=f"unique storages of params, grads, ZeRO buffers/partitions, master copies, Adam states; MiB/rank "
-                     f"bf16: {mib['bf16']}; fp32: {mib['fp32']}; ZeRO-3/ZeRO-0 = {ratio['bf16']:.2f} bf16, "
-                     f"{ratio['fp32']:.2f} fp32 (target <= 0.55)"),
+               notes=f"clipforge ZeRO-0 fp32, full loop; best of interleaved rounds: clipforge {runs(res['clipforge_z0'])}, "
+                     f"ZeRO-2 {runs(res['clipforge_z2'])}, peer {runs(res['peer'])}; target >= 0.95x"),
+        result("trainer-zero-memory", "ZeRO-0 (same trainer)", f"model+optimizer bytes/rank, ZeRO-3 bf16, 2 ranks, {model}",
+               mem[3, "bf16"]["model_optimizer"], mem[0, "bf16"]["model_optimizer"], higher_is_better=False,
+               notes=f"params + master copies + Adam states kept between steps, MiB/rank, bf16: {mib('model_optimizer', 'bf16')}"
+                     + (f"; fp32: {mib('model_optimizer', 'fp32')}" if (0, "fp32") in mem else "")
+                     + f"; gradient buffers kept between steps, bf16: {mib('grads', 'bf16')}; ZeRO-3/ZeRO-0 = "
+                     + ", ".join(f"{r:.2f} {p}" for p, r in ratio.items()) + " (target <= 0.55)"),
     ]
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        worker("--quick" in sys.argv, sys.argv[2])
+        worker("--quick" in sys.argv, sys.argv[2], sys.argv[sys.argv.index("--memory") + 1] if "--memory" in sys.argv else None)
     else:
         raise SystemExit(cli(run))
