@@ -19,11 +19,13 @@ def test_worker_memory_is_flat_over_epochs(tmp_path):
     loader = build_train_loader(cfg, seed=0, global_batch_size=24, rank=0, world_size=1, image_size=32,
                                 mean=(0.0,) * 3, std=(1.0,) * 3, tokenizer=TOKENIZER)
     me = psutil.Process()
+    # Only the loader's workers: other tests of the session may have left children of their own.
+    others = {child.pid for child in me.children()}
     usage = []
     for epoch in range(24):
         seen = sum(len(batch["keys"]) for batch in loader)
         assert seen == 240
-        workers = me.children()
+        workers = [child for child in me.children() if child.pid not in others]
         assert len(workers) == 2  # persistent: the same two processes every epoch
         usage.append((tuple(w.pid for w in workers), private_bytes([me] + workers)))
     assert len({pids for pids, _ in usage}) == 1

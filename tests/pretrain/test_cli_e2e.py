@@ -72,17 +72,17 @@ def test_pretrain_cli_run_outputs_eval_and_sigterm_resume(shards, tmp_path):
     assert (run / "checkpoints" / "latest").read_text() == "step00000009"
     assert "image_retrieval_recall@1" in json.loads((run / "eval/step00000009.json").read_text())["metrics"]
 
-    # workers=0: torch's DataLoader workers die on a SIGTERM that is not from their parent (its C
-    # handler), and torchrun signals the whole process group; until the loader's workers ignore
-    # SIGTERM/SIGUSR1 a preempted run with loader workers fails instead of checkpointing. The batch
-    # sequence does not depend on the worker count, so the losses must still equal the full run's.
-    cut_config = _config(tmp_path, shards, "cut", 9, workers=0)
+    # The whole process group is signalled, as slurm and a shell's Ctrl-C do: the loader's workers get
+    # SIGTERM too (torch's DataLoader worker dies of it unless the loader makes it ignore the signal),
+    # and the run must still checkpoint. workers=2 here vs 1 in the full run: the batch sequence does
+    # not depend on the worker count, so the losses must still equal the full run's.
+    cut_config = _config(tmp_path, shards, "cut", 9, workers=2)
     cut = _torchrun(cut_config)
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.2)
-    os.kill(cut.pid, signal.SIGTERM)  # torchrun forwards it to both workers
+    os.killpg(cut.pid, signal.SIGTERM)  # torchrun, both ranks and their loader workers
     out, _ = cut.communicate(timeout=300)
     assert "preempted: checkpoint step" in out, out[-5000:]
     tag = (tmp_path / "cut" / "checkpoints" / "latest").read_text()
