@@ -7,10 +7,8 @@ Inputs, per rank: L2-normalised `image_features`, `text_features` [b_r, d] (this
 may differ between ranks when the loader dropped bad samples) and `logit_scale`: the SCALE, not
 its log -- open_clip's convention, its model's forward returns `logit_scale.exp()`. Its value is
 capped here at loss.max_logit_scale, out of place (safe under ZeRO-3, where the parameter cannot be
-clamped in place), with the gradient passed straight through: open_clip clamps the parameter after
-the step and never cuts the gradient (torch.clamp would: zero gradient at and beyond the cap, so a
-scale clamped in place to exactly ln 100 would freeze). The trainer should still clamp the
-parameter where it can, so it does not drift past the cap. `logit_bias`: SigLIP's bias (open_clip
+clamped in place); past the cap only a gradient that lowers the scale passes (see _CapScale), so the
+scale never freezes at the cap and never drifts past it. `logit_bias`: SigLIP's bias (open_clip
 returns it as is), optional; InfoNCE adds it too (a constant shift: no effect). bf16/fp16 inputs
 are computed in fp32 with autocast off (the gradients return in the inputs' dtype); fp32 and fp64
 stay as they are.
@@ -122,9 +120,29 @@ def _at_least_fp32(t: Optional[Tensor]) -> Optional[Tensor]:
     return t
 
 
+class _CapScale(torch.autograd.Function):
+    """min(scale, cap) in value. At or past the cap the gradient passes only when it would LOWER the
+    scale: torch.clamp would cut it for good (a scale exactly at ln 100 in the parameter would freeze),
+    a plain straight-through gradient would let the parameter drift ever higher while the loss wants
+    sharper logits, and then take as long to come back down. open_clip gets the same effect by
+    clamping the parameter in place after each step, which is unsafe under ZeRO-3."""
+
+    @staticmethod
+    def forward(ctx, scale: Tensor, cap: float) -> Tensor:
+        ctx.save_for_backward(scale)
+        ctx.cap = cap
+        return scale.clamp(max=cap)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (scale,) = ctx.saved_tensors
+        # grad > 0: gradient descent lowers the scale, back towards the cap.
+        passes = (scale < ctx.cap) | (grad > 0)
+        return torch.where(passes, grad, torch.zeros_like(grad)), None
+
+
 def _cap(scale: Tensor, cap: float) -> Tensor:
-    """min(scale, cap) in value, gradient 1 everywhere (straight through)."""
-    return torch.where(scale > cap, scale - scale.detach() + cap, scale)
+    return _CapScale.apply(scale, cap)
 
 
 def build_loss(loss_cfg: LossConfig, rank: int, world_size: int) -> ContrastiveLoss:

@@ -28,23 +28,22 @@ class ModelConfigError(ValueError):
 
 class ContrastiveModel(nn.Module):
     """Wraps an open_clip model. forward(images, tokens) -> (image_features, text_features, logit_scale,
-    logit_bias): L2-normalised fp32 features [b, d], exp'd temperature clamped to [1, max_logit_scale].
+    logit_bias): L2-normalised fp32 features [b, d] and the exp'd temperature (the loss caps it).
 
-    Why a wrapper: the clamp happens inside the forward (not in place on the parameter after the step),
-    which is exact at every ZeRO stage; in place on a ZeRO-3-partitioned or bf16 parameter is not.
-    Calling `self.clip(...)` (its forward, not encode_text) lets ZeRO-3 gather the parameters that CLIP
+    Why a wrapper: one fp32 output contract for every tower and precision, and calling `self.clip(...)` (its forward, not encode_text) lets ZeRO-3 gather the parameters that CLIP
     owns directly (positional_embedding, text_projection, logit_scale)."""
 
-    def __init__(self, clip: nn.Module, max_logit_scale: float):
+    def __init__(self, clip: nn.Module):
         super().__init__()
         self.clip = clip
-        self.max_logit_scale = max_logit_scale
 
     def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None):
         out = self.clip(images, tokens)
         image_features, text_features, scale = out[0], out[1], out[2]
         bias = out[3].float() if len(out) > 3 else None
-        scale = scale.float().clamp(1.0, self.max_logit_scale)
+        # No clamp here: torch.clamp cuts the gradient at the cap, freezing the temperature; the loss
+        # caps the value and keeps the gradient that lowers it (pretrain.loss._CapScale).
+        scale = scale.float()
         image_features = image_features.float() if image_features is not None else None
         text_features = text_features.float() if text_features is not None else None
         return image_features, text_features, scale, bias
@@ -165,7 +164,7 @@ def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> ModelBundle:
     cfg = final_model_config(model_cfg, loss_cfg)
     clip = instantiate(cfg)
     apply_locking(clip, model_cfg)
-    model = ContrastiveModel(clip, loss_cfg.max_logit_scale)
+    model = ContrastiveModel(clip)
     size = cfg["vision_cfg"].get("image_size", 224)
     size = size if isinstance(size, int) else size[0]
     return ModelBundle(model=model, model_cfg=cfg, preprocess_cfg=preprocess_config(cfg),

@@ -81,6 +81,7 @@ def _forward_backward(engine, loss_fn, images, tokens, accum: int):
 def train_step(engine, loss_fn, images, tokens, accum: int, cfg) -> StepResult:
     """images: normalised [b,3,H,W] in the engine's dtype; tokens: int64 [b,L] on the engine's device."""
     loss, ran, scale = _forward_backward(engine, loss_fn, images, tokens, accum)
+    scale = min(scale, cfg.loss.max_logit_scale)  # the value the loss used (it caps the parameter's exp)
     if not ran:
         return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale)
     grad_norm = None

@@ -45,17 +45,28 @@ def test_siglip_matches_open_clip():
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
 
 
-def test_logit_scale_is_capped_with_a_straight_through_gradient():
-    """Past the cap the value is the cap's; the gradient is the one at the cap, never cut to 0."""
+@pytest.mark.parametrize("aligned", [False, True])
+def test_logit_scale_cap_keeps_only_a_gradient_that_lowers_the_scale(aligned):
+    """Past the cap the value is the cap's. Random pairs want a softer temperature (gradient > 0): it
+    passes, so a capped scale can come back down (torch.clamp would cut it to 0 for good). Matched
+    pairs want a still sharper one (gradient < 0): it is cut, so the parameter cannot drift upwards."""
     image, text = _features(8, 4, seed=2)
+    if aligned:
+        text = image.detach().clone()
     loss_fn = build_loss(LossConfig(max_logit_scale=100.0), 0, 1)
     too_big = torch.tensor(150.0, dtype=torch.float64, requires_grad=True)
     at_max = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
+    below = torch.tensor(99.0, dtype=torch.float64, requires_grad=True)
     loss, ref = loss_fn(image, text, too_big), loss_fn(image, text, at_max)
     assert loss.item() == ref.item()
     loss.backward()
     ref.backward()
-    assert too_big.grad.item() == at_max.grad.item() != 0.0
+    loss_fn(image, text, below).backward()
+    assert (below.grad.item() < 0) == aligned  # the direction each case wants
+    if aligned:
+        assert too_big.grad.item() == at_max.grad.item() == 0.0
+    else:
+        assert too_big.grad.item() == at_max.grad.item() > 0.0
 
 
 @pytest.mark.parametrize("kind", ["infonce", "siglip"])
