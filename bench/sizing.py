@@ -36,11 +36,12 @@ MIN_SAMPLES_PER_SHARD = 1_000       # 50 MB: below this, opening shards dominate
 WORKERS_PER_GPU = 8                 # loader processes per GPU (open_clip's usual --workers 8)
 SHARDS_PER_WORKER = 10              # so the end-of-epoch imbalance is <= 1/10 of a worker's share
 # Loader throughput per CPU core: 256-px shard JPEG -> 224 train crop + tokens, samples per
-# CPU-second, measured by bench/loader.py on this project's dev machine (Intel Xeon, 2026-11-23),
+# CPU-second, measured by bench/loader.py on this project's dev machine (Intel Xeon, 2026-11-23,
+# BENCHMARKS.md),
 # clipforge's loader vs open_clip's get_wds_dataset on the same shards in the same run.
-LOADER_PER_CORE = 1141
+LOADER_PER_CORE = 1045
 LOADER_PER_CORE_SOURCE = "bench/loader.py, Intel Xeon dev machine, 2026-11-23"
-OPEN_CLIP_PER_CORE = 258
+OPEN_CLIP_PER_CORE = 230
 # Published training throughput, LAION "reproducible scaling laws" runs (Cherti et al. 2023,
 # trained_models_info.csv): A100-40GB, samples/s over all GPUs / GPUs.
 ANCHOR_A100 = {"ViT-B-32": (93_294, 128, 32_768), "ViT-B-16": (134_240, 344, 88_064),
