@@ -15,15 +15,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# The peers, each in its own folder so their pins never touch clipforge's: CLIP_benchmark for the
-# eval parity test; img2dataset and open_clip's loader (needs webdataset 0.2.86) for the benchmarks.
+# The peers, each in its own folder so their pins never touch clipforge's: CLIP_benchmark (eval
+# parity test) and open_clip's trainer data code, which needs webdataset 0.2.86 (our shards train in
+# it: test + loader benchmark); img2dataset for the converter benchmark.
 PEERS := .venv-peers
-$(PEERS)/.stamp-clip_benchmark: | $(STAMP)
+$(PEERS)/.stamp-test: | $(STAMP)
 	$(PY) -m pip install -q --no-deps --target $(PEERS)/clip_benchmark clip-benchmark==1.6.2 \
 		scikit-learn==1.6.1 scipy==1.15.3 joblib==1.4.2 threadpoolctl==3.5.0
-	touch $@
-$(PEERS)/.stamp-bench: | $(STAMP)
 	$(PY) -m pip install -q --no-deps --target $(PEERS)/wds0286 webdataset==0.2.86 pandas==3.1.1
+	touch $@
+$(PEERS)/.stamp-bench: | $(PEERS)/.stamp-test
 	test -x $(PEERS)/img2dataset/bin/python || $(PYTHON) -m venv $(PEERS)/img2dataset
 	$(PEERS)/img2dataset/bin/pip install -q img2dataset==1.47.0
 	touch $@
@@ -31,7 +32,7 @@ $(PEERS)/.stamp-bench: | $(STAMP)
 demo: $(STAMP)
 	$(CPU_ENV) $(VENV)/bin/clipforge demo
 
-test: $(STAMP) $(PEERS)/.stamp-clip_benchmark
+test: $(STAMP) $(PEERS)/.stamp-test
 	$(CPU_ENV) $(PY) -m pytest -q tests
 
 # Fast unit tests only / the multi-process tests alone.

@@ -2,6 +2,10 @@
 webdataset read them."""
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +49,34 @@ def test_plain_webdataset_reads_every_sample(shards):
     assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(10)]
     assert all(s["jpg"].size[1] == 64 and len(s["txt"].split("\n")) == 2 for s in samples)
     assert all(json.loads(json.dumps(s["json"]))["captions"] == s["txt"].split("\n") for s in samples)
+
+
+PEER_WDS = Path(__file__).resolve().parents[2] / ".venv-peers" / "wds0286"
+
+TRAIN_READER = """
+import argparse, collections, json, sys
+import open_clip
+from open_clip_train.data import get_wds_dataset
+args = argparse.Namespace(train_data=sys.argv[1], train_num_samples=None, train_data_upsampling_factors=None,
+                          dataset_resampled=False, batch_size=2, workers=1, world_size=1, seed=0)
+data = get_wds_dataset(args, open_clip.image_transform(64, is_train=True), is_train=True, epoch=0,
+                       tokenizer=open_clip.get_tokenizer("ViT-B-32"))
+shapes = collections.Counter(tuple(images.shape) for images, _ in data.dataloader)
+print(json.dumps({"num_samples": data.dataloader.num_samples, "batches": sorted(shapes.items())}))
+"""
+
+
+def test_open_clip_training_branch_reads_our_shards(shards):
+    """open_clip's is_train=True pipeline as open_clip users run it today (webdataset 0.2.86, the last release
+    it works with), in its own process: it sizes the run from our sizes.json and trains on every sample."""
+    if not (PEER_WDS / "webdataset").is_dir():
+        pytest.skip(f"webdataset 0.2.86 for open_clip's trainer is not installed in {PEER_WDS} (make test installs it)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PEER_WDS), os.environ.get("PYTHONPATH", "")]))
+    pattern = str(shards / "shard-{000000..000002}.tar")
+    result = subprocess.run([sys.executable, "-c", TRAIN_READER, pattern], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # 10 samples from sizes.json; open_clip drops the last partial batch in training: 5 batches of 2.
+    assert report["num_samples"] == 10
+    assert report["batches"] == [[[2, 3, 64, 64], 5]]
