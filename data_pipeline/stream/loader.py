@@ -12,6 +12,7 @@ The main process walks the global sample plan (data_pipeline.stream.plan) and ha
 slice for this rank to a torch DataLoader, which round-robins them over its workers and returns
 them in order: the batch sequence is deterministic for any worker count.
 """
+import os
 import signal
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
@@ -61,7 +62,7 @@ class TrainLoader:
         self._loader = torch.utils.data.DataLoader(
             dataset, sampler=self._sampler, batch_size=None, collate_fn=_passthrough, num_workers=workers,
             persistent_workers=workers > 0, prefetch_factor=data_cfg.prefetch if workers > 0 else None,
-            worker_init_fn=_ignore_stop_signals)
+            worker_init_fn=_detach_from_stop_signals)
 
     @property
     def samples_per_epoch(self) -> int:
@@ -153,9 +154,12 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
     return loader
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """torchrun and slurm signal the whole process group. A worker that dies of SIGTERM/SIGUSR1 makes
-    the trainer fail with "DataLoader worker exited unexpectedly" instead of checkpointing; the
-    trainer (main process) handles the signal and the workers end with it."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _detach_from_stop_signals(worker_id: int) -> None:
+    """torchrun (and a shell's Ctrl-C) signal the trainer's whole process group; a loader worker that
+    dies of SIGTERM makes the trainer fail with "DataLoader worker exited unexpectedly" instead of
+    checkpointing. A process group of its own keeps group signals away from the worker, while the
+    DataLoader's own shutdown (SIGTERM to the worker's pid) and its parent-death watchdog still work.
+    Ignoring SIGTERM instead would hang that shutdown. SIGUSR1 (slurm's pre-timeout warning, sent to
+    every process of the step) means nothing to a worker: ignored."""
+    os.setpgrp()
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
