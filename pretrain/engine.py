@@ -70,6 +70,12 @@ def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_para
         zero.pop("allgather_bucket_size")
         zero.update(stage3_prefetch_bucket_size=cap(ds.allgather_bucket_size),
                     stage3_gather_16bit_weights_on_model_save=False)
+        if cfg.train.device == "cpu":
+            # DeepSpeed 0.19.7's coalesced gather (GatheredParameters over many parameters: the periodic eval)
+            # waits only on the last of its async gloo all_gathers; gloo finishes them out of order, so on CPU
+            # earlier parameters were read half-written (18 of 30 gathers of the tiny model, 1e37 garbage).
+            # NCCL orders them on one stream, so only CPU needs one blocking gather per parameter.
+            zero["stage3_allgather_sequential"] = True
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.offload_param:
