@@ -152,6 +152,15 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
     return engine, base_lrs
 
 
+def flag_nonfinite_gradients(engine) -> None:
+    """Call on every rank between the last backward and engine.step(). DeepSpeed 0.19.7 ZeRO-3 looks for
+    inf/NaN gradients only in fp16; in fp32/bf16 a NaN gradient behind a finite loss reached the weights.
+    Its own check (one isinf/isnan pass over this rank's gradient partition + one all-reduce) sets the flag
+    that its step() already obeys: gradients dropped, weights and Adam moments untouched, step not applied."""
+    if engine.zero_optimization_stage() == 3 and not engine.fp16_enabled():
+        engine.optimizer.overflow = engine.optimizer.has_overflow(partition_gradients=True)
+
+
 def images_to_input(images: torch.Tensor, mean, std, engine) -> torch.Tensor:
     """uint8 [b,3,H,W] -> normalised float in the engine's dtype, on its device (4x less to copy than
     float32; bf16 on CPU is not cast by DeepSpeed, so we cast here)."""

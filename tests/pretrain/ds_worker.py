@@ -149,6 +149,10 @@ def main(mode: str, out: str) -> None:
         codes["one_z0"] = run(config(out, "one_z0", 0, "fp32", 1), synthetic_factory)
         codes["nan_stop"] = run(config(out, "nan_stop", 0, "fp32", 6, 8, "train.max_nonfinite_steps=2",
                                        "checkpoint.every_steps=1"), synthetic_factory, nan_at(3, 6))
+        for precision in ("fp32", "bf16"):  # ZeRO-3: DeepSpeed's check, asked for by pretrain.engine
+            codes[f"nan_grad_z3_{precision}"] = run(config(out, f"nan_grad_z3_{precision}", 3, precision, 2),
+                                                    synthetic_factory, nan_grad_at(2))
+            codes[f"one_z3_{precision}"] = run(config(out, f"one_z3_{precision}", 3, precision, 1), synthetic_factory)
         export_probe(out, 3)
     elif mode in ("resume-a", "resume-b"):
         for stage in (2, 3):

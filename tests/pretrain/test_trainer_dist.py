@@ -109,11 +109,13 @@ def test_nonfinite_loss_on_one_rank_is_skipped_counted_and_weights_unchanged(par
     assert rows[1]["nonfinite_steps"] == 1 and rows[1]["grad_norm"] is None
     # 2 steps with step 2 non-finite (on rank 0 only) == 1 step: every rank skipped the update.
     assert max_diff(weights(out / "nan"), weights(out / "one")) == 0.0
-    # A finite loss with a NaN gradient on one rank: skipped too, at ZeRO-0 (ours) and ZeRO-2 (DeepSpeed's).
-    for stage, one in ((0, "one_z0"), (2, "one")):
-        rows = [json.loads(line) for line in (out / f"nan_grad_z{stage}" / "metrics.jsonl").read_text().splitlines()]
-        assert rows[1]["nonfinite_steps"] == 1 and rows[1]["loss"] == rows[1]["loss"], stage  # loss finite
-        assert max_diff(weights(out / f"nan_grad_z{stage}"), weights(out / one)) == 0.0, stage
+    # A finite loss with a NaN gradient on one rank: skipped too, at ZeRO-0 (ours), ZeRO-2 and ZeRO-3 (DeepSpeed's).
+    for run, one in (("nan_grad_z0", "one_z0"), ("nan_grad_z2", "one"), ("nan_grad_z3_fp32", "one_z3_fp32"),
+                     ("nan_grad_z3_bf16", "one_z3_bf16")):
+        assert codes[run] == 0, run
+        rows = [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+        assert rows[1]["nonfinite_steps"] == 1 and rows[1]["loss"] == rows[1]["loss"], run  # loss finite
+        assert max_diff(weights(out / run), weights(out / one)) == 0.0, run
     # train.max_nonfinite_steps=2 consecutive (steps 3, 4) -> stop, exit 3, naming the last checkpoint.
     assert codes["nan_stop"] == 3
     assert "2 consecutive non-finite steps" in (out / "parity.log").read_text()
