@@ -5,6 +5,7 @@ left out), (3) precision, (4) ZeRO stage + offload + buckets, (5) gradient clipp
     dist = init_distributed(cfg.train.device)
     engine, base_lrs = build_engine(cfg, bundle.model, dist, accum_steps, run_dir)
 """
+import contextlib
 import json
 import os
 import socket
@@ -144,12 +145,40 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
         with open(os.path.join(run_dir, "deepspeed.json"), "w") as f:
             json.dump(config, f, indent=2)
     model.to(dist.device)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    share = cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "fp32" and not cfg.deepspeed.offload_optimizer
+    with _zero3_fp32_master_is_the_partition() if share else contextlib.nullcontext():  # (4)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     if cfg.deepspeed.zero_stage in (1, 2):
         # DeepSpeed checks gradients for inf/NaN (and then skips the step) only in fp16/bf16; turn the same
         # check on for fp32 so a non-finite gradient never reaches the weights (ZeRO-0: pretrain/step.py).
         engine.optimizer.check_grad_overflow = True
     return engine, base_lrs
+
+
+@contextlib.contextmanager
+def _zero3_fp32_master_is_the_partition():
+    """ZeRO-3 in fp32 needs no separate fp32 master copy of the parameter partition, and DeepSpeed 0.19.7
+    means to share it (`_create_fp32_partitions`: same dtype and device -> reuse), but compares the partition's
+    torch.device with its own device *string* ('cpu' / 'cuda:0'), which is never equal, so it clones. Let
+    that comparison see a torch.device for the duration of initialize: ViT-B-32 on 2 ranks, model+optimizer
+    1155 -> 866 MiB/rank (ZeRO-3/ZeRO-0 0.67x -> 0.50x). Values are identical either way (tested)."""
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3 as Stage3
+
+    original = Stage3._create_fp32_partitions
+
+    def create_fp32_partitions(self):
+        device_name = self.device
+        self.device = torch.device(device_name)
+        try:
+            original(self)
+        finally:
+            self.device = device_name
+
+    Stage3._create_fp32_partitions = create_fp32_partitions
+    try:
+        yield
+    finally:
+        Stage3._create_fp32_partitions = original
 
 
 def flag_nonfinite_gradients(engine) -> None:

@@ -7,6 +7,7 @@
 
 Each run writes OUT/<name>/ (metrics.jsonl, model.pt, ...); gradient / embedding probes go to OUT/*.pt.
 """
+import contextlib
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from synthetic import SyntheticLoader, synthetic_factory  # noqa: E402
 
+import pretrain.engine as engine_module  # noqa: E402
 from pretrain.config import check_batch_split, load_config  # noqa: E402
 from pretrain.engine import build_engine, images_to_input, init_distributed  # noqa: E402
 from pretrain.export import export_model  # noqa: E402
@@ -140,6 +142,12 @@ def main(mode: str, out: str) -> None:
         for stage in (0, 1, 2, 3):
             codes[f"z{stage}"] = run(config(out, f"z{stage}", stage, "fp32", 3, 8, "optim.grad_clip=0"), synthetic_factory)
             codes[f"bf16_z{stage}"] = run(config(out, f"bf16_z{stage}", stage, "bf16", 2), synthetic_factory)
+        # ZeRO-3 fp32 as DeepSpeed 0.19.7 builds it on its own: a separate fp32 master copy of the partition
+        shared_master = engine_module._zero3_fp32_master_is_the_partition
+        engine_module._zero3_fp32_master_is_the_partition = contextlib.nullcontext
+        codes["z3_master_copy"] = run(config(out, "z3_master_copy", 3, "fp32", 3, 8, "optim.grad_clip=0"),
+                                      synthetic_factory)
+        engine_module._zero3_fp32_master_is_the_partition = shared_master
         grads_of_first_step(config(out, "g", 0, "fp32", 1, 16, "train.micro_batch_size=2"), f"{out}/grads_2rank_accum4.pt")
         codes["nan"] = run(config(out, "nan", 2, "fp32", 2), synthetic_factory, nan_at(2))
         codes["one"] = run(config(out, "one", 2, "fp32", 1), synthetic_factory)

@@ -1,5 +1,5 @@
 """ZeRO-3 on 2 gloo ranks: gathering every parameter at once (what the trainer's periodic eval does) returns the
-exact weights, every time. DeepSpeed 0.19.7's coalesced gather waits only on its last async all_gather; on CPU
+exact weights, every time; in fp32 the optimizer's master partition is the parameter partition (no copy). DeepSpeed 0.19.7's coalesced gather waits only on its last async all_gather; on CPU
 that returned half-written tensors in 18 of 30 gathers until pretrain.engine asked for sequential gathers."""
 import os
 import subprocess
@@ -26,6 +26,10 @@ expected = {name: p.detach().clone() for name, p in bundle.model.named_parameter
 engine, _ = build_engine(cfg, bundle.model, init_distributed("cpu"), 1)
 named = list(engine.module.named_parameters())
 assert all(p.numel() == 0 for _, p in named if p.ds_numel > 64)  # really partitioned
+# fp32: the optimizer updates the parameter partition itself, no second fp32 copy (pretrain.engine)
+optimizer = engine.optimizer
+assert all(fp32.data_ptr() == param.data_ptr() for fp32, param in zip(optimizer.fp32_partitioned_groups_flat,
+                                                                       optimizer.fp16_partitioned_groups_flat))
 wrong = 0
 for _ in range(20):
     with deepspeed.zero.GatheredParameters([p for _, p in named]):
