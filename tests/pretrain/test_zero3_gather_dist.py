@@ -1,6 +1,7 @@
 """ZeRO-3 on 2 gloo ranks: gathering every parameter at once (what the trainer's periodic eval does) returns the
-exact weights, every time; in fp32 the optimizer's master partition is the parameter partition (no copy). DeepSpeed 0.19.7's coalesced gather waits only on its last async all_gather; on CPU
-that returned half-written tensors in 18 of 30 gathers until pretrain.engine asked for sequential gathers."""
+exact weights, every time. DeepSpeed 0.19.7's coalesced gather waits only on its last async all_gather; on CPU
+that returned half-written tensors in 18 of 30 gathers until pretrain.engine asked for sequential gathers.
+Also: in fp32 the optimizer's master partition is the parameter partition itself (no second copy)."""
 import os
 import subprocess
 import sys
