@@ -181,7 +181,7 @@ def fmt(x) -> str:
         return "nan"
     if isinstance(x, int) or (abs(x) >= 100 and float(x).is_integer()):
         return f"{int(x):,}"
-    if abs(x) >= 1000:
+    if abs(x) >= 100:  # 3 digits are all integer digits (and 999.5 must not become '1e+03')
         return f"{x:,.0f}"
     return f"{x:.3g}"
 

@@ -39,6 +39,7 @@ def test_markdown_and_sections():
     table = markdown_table(["a", "b"], [[1234567, 0.012345], [None, "x|y"]])
     assert "| 1,234,567 | 0.0123 |" in table and "| — | x\\|y |" in table
     assert fmt(2.0) == "2" and fmt(1500.4) == "1,500" and fmt(12.345) == "12.3"
+    assert fmt(999.7) == "1,000" and fmt(123.4) == "123" and fmt(99.96) == "100" and fmt(0.01234) == "0.0123"
     text = with_section("# T\n", "gpu", "first")
     assert section(text, "gpu") == "first\n"
     text = with_section(text + "tail\n", "gpu", "second")
