@@ -14,7 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from pretrain.engine import flag_nonfinite_gradients, manual_clipping
+from pretrain.engine import manual_clipping
 from pretrain.loss import per_micro_batch, splice_micro_batch
 
 
@@ -91,7 +91,6 @@ def train_step(engine, loss_fn, images, tokens, accum: int, cfg) -> StepResult:
         grad_norm = norm.item()
         if not _all_finite(norm.detach()):
             engine.zero_grad()  # grads None -> AdamW leaves every parameter (and its moments) untouched
-    flag_nonfinite_gradients(engine)
     engine.step()
     if grad_norm is None:
         norm = engine.get_global_grad_norm()
