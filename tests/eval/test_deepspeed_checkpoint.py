@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 # DeepSpeed checkpoint under RUN/checkpoints and (for reference) the gathered fp32 weights as REF.
 MAKE_CHECKPOINT = r"""
 import json, sys, torch, deepspeed
+from pathlib import Path
 from pretrain.config import load_config, save_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.model import build_model
@@ -37,8 +38,8 @@ engine.save_checkpoint(f"{run}/checkpoints", tag="step00000001")
 from eval.api import evaluate_retrieval
 metrics = evaluate_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, sys.argv[5], batch_size=16)
 assert engine.module.training  # restored after the eval
-if torch.distributed.get_rank() == 0:
-    print("METRICS " + json.dumps(metrics))
+if torch.distributed.get_rank() == 0:  # a file, not stdout: the other rank's prints can land mid-line
+    Path(run, "metrics.json").write_text(json.dumps(metrics))
 with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
     state = {k[len("clip."):]: v.detach().clone().float() for k, v in engine.module.state_dict().items()}
 if torch.distributed.get_rank() == 0:
@@ -69,8 +70,7 @@ def make_checkpoint(tmp_path, stage, nproc, shards):
                            str(tmp_path / "cfg.yaml"), str(shards)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("METRICS "))
-    return run, json.loads(line[len("METRICS "):])
+    return run, json.loads((run / "metrics.json").read_text())
 
 
 def metrics(args, out):

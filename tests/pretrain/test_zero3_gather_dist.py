@@ -14,6 +14,7 @@ TINY = REPO / "configs" / "models" / "tiny-vit.json"
 
 GATHER_REPEATEDLY = r"""
 import sys, torch, deepspeed, torch.distributed as dist
+from pathlib import Path
 from pretrain.config import load_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.model import build_model
@@ -35,7 +36,8 @@ wrong = 0
 for _ in range(20):
     with deepspeed.zero.GatheredParameters([p for _, p in named]):
         wrong += sum(not torch.equal(p.detach(), expected[name]) for name, p in named)
-print(f"rank {dist.get_rank()} wrong gathers: {wrong}", flush=True)
+# a file per rank: two ranks printing to one pipe can interleave mid-line
+Path(sys.argv[2], f"wrong-gathers-rank{dist.get_rank()}.txt").write_text(str(wrong))
 """
 
 
@@ -43,11 +45,12 @@ print(f"rank {dist.get_rank()} wrong gathers: {wrong}", flush=True)
 def test_gathering_all_zero3_parameters_at_once_returns_the_exact_weights(tmp_path):
     script = tmp_path / "gather.py"
     script.write_text(GATHER_REPEATEDLY)
+    (tmp_path / "run").mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(TINY), str(tmp_path / "run")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if "wrong gathers" in line)
-    assert lines == ["rank 0 wrong gathers: 0", "rank 1 wrong gathers: 0"], proc.stdout[-2000:]
+    wrong = {rank: (tmp_path / "run" / f"wrong-gathers-rank{rank}.txt").read_text() for rank in (0, 1)}
+    assert wrong == {0: "0", 1: "0"}, proc.stdout[-2000:]
