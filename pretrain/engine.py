@@ -145,14 +145,15 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
         with open(os.path.join(run_dir, "deepspeed.json"), "w") as f:
             json.dump(config, f, indent=2)
     model.to(dist.device)
-    share = cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision == "fp32" and not cfg.deepspeed.offload_optimizer
-    with _zero3_fp32_master_is_the_partition() if share else contextlib.nullcontext():  # (4)
+    ds = cfg.deepspeed
+    share_fp32_master = ds.zero_stage == 3 and ds.precision == "fp32" and not ds.offload_optimizer
+    with _zero3_fp32_master_is_the_partition() if share_fp32_master else contextlib.nullcontext():  # (4)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    if cfg.deepspeed.zero_stage in (1, 2):
+    if ds.zero_stage in (1, 2):
         # DeepSpeed checks gradients for inf/NaN (and then skips the step) only in fp16/bf16; turn the same
         # check on for fp32 so a non-finite gradient never reaches the weights (ZeRO-0: pretrain/step.py).
         engine.optimizer.check_grad_overflow = True
-    if cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.precision != "fp16":
+    if ds.zero_stage == 3 and ds.precision != "fp16":
         _check_zero3_gradients_in_every_precision(engine.optimizer)
     return engine, base_lrs
 

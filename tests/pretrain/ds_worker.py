@@ -145,9 +145,11 @@ def main(mode: str, out: str) -> None:
         # ZeRO-3 fp32 as DeepSpeed 0.19.7 builds it on its own: a separate fp32 master copy of the partition
         shared_master = engine_module._zero3_fp32_master_is_the_partition
         engine_module._zero3_fp32_master_is_the_partition = contextlib.nullcontext
-        codes["z3_master_copy"] = run(config(out, "z3_master_copy", 3, "fp32", 3, 8, "optim.grad_clip=0"),
-                                      synthetic_factory)
-        engine_module._zero3_fp32_master_is_the_partition = shared_master
+        try:
+            codes["z3_master_copy"] = run(config(out, "z3_master_copy", 3, "fp32", 3, 8, "optim.grad_clip=0"),
+                                          synthetic_factory)
+        finally:  # the runs after this one get clipforge's shared master again
+            engine_module._zero3_fp32_master_is_the_partition = shared_master
         grads_of_first_step(config(out, "g", 0, "fp32", 1, 16, "train.micro_batch_size=2"), f"{out}/grads_2rank_accum4.pt")
         codes["nan"] = run(config(out, "nan", 2, "fp32", 2), synthetic_factory, nan_at(2))
         codes["one"] = run(config(out, "one", 2, "fp32", 1), synthetic_factory)
