@@ -106,8 +106,31 @@ def read_member(f, span: Tuple[int, int]) -> bytes:
     return data
 
 
+def sample_meta(raw: bytes) -> dict:
+    """KEY.json's bytes -> dict ({} when unreadable: the caller decides whether a sample needs it)."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def all_captions(meta: dict, txt_captions: List[str]) -> List[str]:
+    """KEY.json's "captions" when it lists more than KEY.txt holds: shards converted with --one-caption-per-txt
+    keep one caption in KEY.txt (open_clip's trainer joins its lines) and every caption in KEY.json."""
+    listed = meta.get("captions")
+    if not isinstance(listed, list) or len(listed) <= len(txt_captions):
+        return txt_captions
+    return [str(c).strip() for c in listed if str(c).strip()] or txt_captions
+
+
+def txt_holds_first_caption(shard_set: "ShardSet") -> bool:
+    """The manifest says KEY.txt holds one caption of several (convert --one-caption-per-txt)."""
+    return (shard_set.manifest or {}).get("txt_captions") == "first"
+
+
 def decode_sample(f, entry: SampleIndex) -> dict:
-    """Read one indexed sample: image bytes, caption lines of KEY.txt, KEY.json as a dict.
+    """Read one indexed sample: image bytes, captions (KEY.txt lines; see all_captions), KEY.json as a dict.
 
     Missing members come back empty (image_bytes None, captions [], meta {}); the caller
     decides whether that is an error (the train loader counts it, eval reports it).
@@ -120,12 +143,9 @@ def decode_sample(f, entry: SampleIndex) -> dict:
         captions = [line.strip() for line in text.splitlines() if line.strip()]
     meta: dict = {}
     if "json" in entry.members:
-        try:
-            meta = json.loads(read_member(f, entry.members["json"]))
-        except (ValueError, UnicodeDecodeError):
-            meta = {}
-    return {"key": entry.key, "image_bytes": image_bytes, "image_ext": image_ext,
-            "captions": captions, "meta": meta if isinstance(meta, dict) else {}}
+        meta = sample_meta(read_member(f, entry.members["json"]))
+        captions = all_captions(meta, captions)
+    return {"key": entry.key, "image_bytes": image_bytes, "image_ext": image_ext, "captions": captions, "meta": meta}
 
 
 @dataclass

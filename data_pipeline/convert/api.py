@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 from tqdm import tqdm
 
 from .merge import merge, missing_shards
-from .options import ConvertOptions
+from .options import ConvertError, ConvertOptions
 from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
 from .process import process_chunk, worker_ready
 from .readers import read_inputs
@@ -81,6 +81,32 @@ def _run_pool(todo, options: ConvertOptions, finish, bar) -> float:
     return ready
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Before reading any input: a wrong --out is found at once, not after minutes of reading tables."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConvertError(f"--out {out_dir}: is an existing file, not a folder; give a new or empty folder")
+
+
+def make_out_dir(out_dir: str) -> None:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        raise ConvertError(f"--out {out_dir}: cannot create the folder ({error.strerror}); give a writable path")
+
+
+def rejected_examples(out_dir: str, indices: List[int], limit: int = 3) -> List[dict]:
+    """The first few rejected items (source, status, why) from the shards' parquets, in input order."""
+    import pyarrow.parquet as pq
+    found: List[dict] = []
+    for index in indices:
+        path = os.path.join(out_dir, f"shard-{index:06d}.parquet")
+        rows = pq.read_table(path, columns=["source", "status", "error_message"]).to_pylist()
+        found += [row for row in rows if row["status"] != "success"][:limit - len(found)]
+        if len(found) >= limit:
+            break
+    return found
+
+
 def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: int = 256,
             resize_mode: str = "keep_ratio", samples_per_shard: int = 1000, workers: int = 1,
             include_list: Optional[str] = None, **more) -> Dict:
@@ -95,10 +121,11 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
                              resize_mode=resize_mode, samples_per_shard=samples_per_shard, workers=workers,
                              include_list=include_list, **more)
     options.validate()
+    check_out_dir(out_dir)
     log = _log if options.progress else (lambda message: None)
     started = time.perf_counter()
-    items = read_inputs(options, log=log)
-    os.makedirs(out_dir, exist_ok=True)
+    items, notes = read_inputs(options, log=log)
+    make_out_dir(out_dir)
     plan = make_plan(items, options)
     write_or_check_plan(out_dir, plan)
     mine = [(index, keyed) for index, keyed in shard_tasks(items, options) if owned_by(index, options)]
@@ -121,7 +148,7 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
         while unseeded and unseeded[0] < index:
             dedup.seed(out_dir, unseeded.pop(0))
         dedup.apply(results)
-        write_shard(out_dir, index, results, extension, options.keep_cols)
+        write_shard(out_dir, index, results, extension, options.keep_cols, options.one_caption_per_txt)
 
     try:
         if options.workers == 1 or not todo:
@@ -132,11 +159,13 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
     finally:
         bar.close()
     seconds_working = time.perf_counter() - done_started
-    counts, reasons = Counter(), Counter()
+    counts, reasons, with_rejects = Counter(), Counter(), []
     for index, _ in mine:
         stats = read_stats(out_dir, index)
         counts.update(stats["counts"])
         reasons.update(stats["errors"])
+        if stats["samples"] < stats["input_items"]:
+            with_rejects.append(index)
     manifest = None
     if not missing_shards(out_dir, plan["num_shards"]):
         manifest = merge(out_dir)
@@ -146,7 +175,8 @@ def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: i
     summary = {
         "out_dir": out_dir, "input_items": sum(len(keyed) for _, keyed in mine), "written": counts.get("success", 0),
         "rejected": {status: n for status, n in sorted(counts.items()) if status != "success"},
-        "reasons": dict(reasons.most_common()), "shards": len(mine), "skipped_shards": len(complete), "processed_items": work_items,
+        "reasons": dict(reasons.most_common()), "rejected_examples": rejected_examples(out_dir, with_rejects),
+        "inputs": notes, "shards": len(mine), "skipped_shards": len(complete), "processed_items": work_items,
         "seconds": round(time.perf_counter() - started, 3),
         "images_per_second": round(work_items / seconds_working, 1) if work_items and seconds_working > 0 else 0.0,
         "manifest": os.path.join(out_dir, "manifest.json") if manifest else None,

@@ -41,12 +41,19 @@ class Processed:
     original_height: int
 
 
+# img2dataset's border mode pads with white (its PadIfNeeded value [255, 255, 255]): the same pixels as its shards.
+BORDER_COLOR = (255, 255, 255)
+
+
 def target_size(width: int, height: int, options: ConvertOptions) -> Tuple[int, int]:
-    """Size before any crop: the shorter side becomes image_size (img2dataset's keep_ratio / center_crop)."""
+    """Size before any crop or pad: the shorter side becomes image_size (img2dataset's keep_ratio / center_crop),
+    or the longer side for border (img2dataset's LongestMaxSize, then a pad to a square)."""
     if options.resize_mode == "none":
         return width, height
     size = options.image_size
-    if width <= height:
+    # The side that becomes image_size: the shorter one, or the longer one for border.
+    width_fixed = (width <= height) != (options.resize_mode == "border")
+    if width_fixed:
         return size, max(1, round(height * size / width))
     return max(1, round(width * size / height)), size
 
@@ -146,6 +153,12 @@ def resize(array: np.ndarray, want_w: int, want_h: int, options: ConvertOptions)
         size = options.image_size
         top, left = (want_h - size) // 2, (want_w - size) // 2
         array = array[top:top + size, left:left + size]
+    elif options.resize_mode == "border":
+        # Centred, the odd pixel of padding at the bottom/right (as albumentations' PadIfNeeded places it).
+        size = options.image_size
+        top, left = (size - want_h) // 2, (size - want_w) // 2
+        array = cv2.copyMakeBorder(array, top, size - want_h - top, left, size - want_w - left,
+                                   cv2.BORDER_CONSTANT, value=BORDER_COLOR)
     return np.ascontiguousarray(array)
 
 

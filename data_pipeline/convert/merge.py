@@ -49,6 +49,8 @@ def merge(out_dir: str) -> dict:
         "counts": dict(sorted(counts.items())),
         "image": {"size": options["image_size"], "resize_mode": options["resize_mode"],
                   "encode_format": options["encode_format"], "quality": options["quality"]},
+        # "first": KEY.txt holds one caption (open_clip's trainer joins lines), KEY.json "captions" all of them.
+        "txt_captions": "first" if options.get("one_caption_per_txt") else "all",
         "created_by": {"version": VERSION, "config": options},
     }
     if sum(counts.values()) != plan["num_items"]:

@@ -3,7 +3,7 @@ from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
 FORMATS = ("auto", "folder", "csv", "tsv", "parquet", "jsonl", "coco", "flickr", "urls")
-RESIZE_MODES = ("keep_ratio", "center_crop", "none")
+RESIZE_MODES = ("keep_ratio", "center_crop", "border", "none")
 ENCODE_FORMATS = ("jpg", "webp", "png")
 
 
@@ -37,6 +37,9 @@ class ConvertOptions:
     max_pixels: int = 89_478_485
     dedup: bool = False
     samples_per_shard: int = 1000
+    # open_clip's trainer joins every line of KEY.txt into ONE caption: for shards trained in open_clip, KEY.txt
+    # holds only the first caption and KEY.json's "captions" all of them (clipforge's loaders read those).
+    one_caption_per_txt: bool = False
     # --- run options: they never change the output ---
     workers: int = 1
     # Threads per worker that fetch/process items; URL downloads wait on the network, local reads do not.
@@ -47,10 +50,13 @@ class ConvertOptions:
     num_nodes: int = 1
     node_rank: int = 0
     progress: bool = True
+    # The run fails (exit 1) when more than this fraction of the input items is rejected, and always when none is
+    # written; 1.0 = only a conversion that wrote nothing fails, 0 = any rejection fails.
+    max_reject_fraction: float = 1.0
 
     CONTENT_KEYS = ("inputs", "fmt", "image_col", "caption_col", "keep_cols", "image_root", "split", "include_list",
                     "image_size", "resize_mode", "encode_format", "quality", "min_size", "max_aspect_ratio",
-                    "max_pixels", "dedup", "samples_per_shard")
+                    "max_pixels", "dedup", "samples_per_shard", "one_caption_per_txt")
 
     def content(self) -> dict:
         """The options that decide the output: written to the plan and the manifest's created_by.config."""
@@ -69,6 +75,8 @@ class ConvertOptions:
             (self.max_aspect_ratio == 0 or self.max_aspect_ratio >= 1,
              f"--max-aspect-ratio {self.max_aspect_ratio}: must be >= 1 (0 = no limit)"),
             (self.max_pixels >= 1, f"--max-pixels {self.max_pixels}: must be >= 1"),
+            (0 <= self.max_reject_fraction <= 1,
+             f"--max-reject-fraction {self.max_reject_fraction}: must be in 0..1 (1 = fail only when nothing is written)"),
             (self.samples_per_shard >= 1, f"--samples-per-shard {self.samples_per_shard}: must be >= 1"),
             (self.workers >= 1, f"--workers {self.workers}: must be >= 1"),
             (self.threads >= 0, f"--threads {self.threads}: must be >= 0 (0 = 1 for files, 16 for URLs)"),

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 # 2000-01-01 UTC: a fixed, plausible timestamp (0 confuses some tar tools).
 MEMBER_MTIME = 946684800
-PARQUET_COLUMNS = ("key", "source", "caption", "status", "error_message", "width", "height",
+# "url" repeats "source" under img2dataset's name, so tooling written for its parquets reads ours as-is.
+PARQUET_COLUMNS = ("key", "source", "url", "caption", "status", "error_message", "width", "height",
                    "original_width", "original_height", "sha256")
 
 
@@ -57,14 +58,16 @@ def sample_json(result: dict) -> bytes:
     return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8")
 
 
-def _tar_bytes(results: List[dict], extension: str) -> bytes:
+def _tar_bytes(results: List[dict], extension: str, one_caption_per_txt: bool) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for result in results:
             if result["status"] != "success":
                 continue
             _member(tar, f"{result['key']}.{extension}", result["data"])
-            _member(tar, f"{result['key']}.txt", "\n".join(result["captions"]).encode("utf-8"))
+            # KEY.json always lists every caption; KEY.txt all of them, or only the first for open_clip's trainer.
+            captions = result["captions"][:1] if one_caption_per_txt else result["captions"]
+            _member(tar, f"{result['key']}.txt", "\n".join(captions).encode("utf-8"))
             _member(tar, f"{result['key']}.json", sample_json(result))
     return buffer.getvalue()
 
@@ -79,7 +82,8 @@ def _column(values: list) -> pa.Array:
 def _parquet_bytes(results: List[dict], keep_cols: List[str]) -> bytes:
     columns = {name: [] for name in PARQUET_COLUMNS}
     for result in results:
-        row = dict(result, caption="\n".join(result["captions"]) if result["captions"] else result["raw_caption"])
+        row = dict(result, url=result["source"],
+                   caption="\n".join(result["captions"]) if result["captions"] else result["raw_caption"])
         for name in PARQUET_COLUMNS:
             columns[name].append(row[name])
     types = {"width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32()}
@@ -91,9 +95,10 @@ def _parquet_bytes(results: List[dict], keep_cols: List[str]) -> bytes:
     return buffer.getvalue()
 
 
-def write_shard(out_dir: str, index: int, results: List[dict], extension: str, keep_cols: List[str]) -> dict:
+def write_shard(out_dir: str, index: int, results: List[dict], extension: str, keep_cols: List[str],
+                one_caption_per_txt: bool = False) -> dict:
     name = shard_name(index)
-    tar_data = _tar_bytes(results, extension)
+    tar_data = _tar_bytes(results, extension, one_caption_per_txt)
     _publish(os.path.join(out_dir, name + ".parquet"), _parquet_bytes(results, keep_cols))
     _publish(os.path.join(out_dir, name + ".tar"), tar_data)
     counts = Counter(result["status"] for result in results)

@@ -45,7 +45,7 @@ def test_image_without_sidecar_is_recorded_not_lost(tmp_path):
 def test_cli_summary_lists_rejections_by_reason(tmp_path, capsys):
     write(tmp_path / "in" / "a.jpg", b"")
     write(tmp_path / "in" / "a.txt", b"empty image")
-    assert main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert main([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"]) == 1  # nothing written
     out = capsys.readouterr().out
     assert "1 input items -> 0 written, 1 rejected" in out and "1  failed_to_read: empty file" in out
     assert main(["--out", str(tmp_path / "o2")]) == 2

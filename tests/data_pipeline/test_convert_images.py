@@ -94,3 +94,24 @@ def test_jpeg_header_scan_reads_the_same_orientation_as_pillow(orientation):
     assert jpeg_orientation(data) == Image.open(io.BytesIO(data)).getexif()[0x0112] == orientation
     rotated = process_image(data, ConvertOptions(image_size=8, resize_mode="none"))
     assert (rotated.width, rotated.height) == ((8, 16) if orientation >= 5 else (16, 8))
+
+
+@pytest.mark.parametrize("size,box", [((100, 63), (0, 23, 128, 81)), ((63, 100), (23, 0, 81, 128)),
+                                      ((500, 375), (0, 16, 128, 96))])
+def test_border_mode_pads_the_resized_image_to_a_white_square(size, box):
+    # img2dataset's border: the longer side becomes image_size, the rest is white, the image centred (the odd
+    # pixel of padding at the bottom/right); PNG output so every padding pixel can be checked exactly.
+    left, top, width, height = box
+    data = jpeg(*size, seed=5)
+    processed = process_image(data, ConvertOptions(image_size=128, resize_mode="border", encode_format="png"))
+    assert (processed.width, processed.height, processed.original_width, processed.original_height) == (128, 128, *size)
+    pixels = np.asarray(Image.open(io.BytesIO(processed.data))).astype(int)
+    inside = np.zeros(pixels.shape[:2], bool)
+    inside[top:top + height, left:left + width] = True
+    assert (pixels[~inside] == 255).all()
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((width, height),
+                                                                             Image.Resampling.BICUBIC)).astype(int)
+    assert np.abs(pixels[top:top + height, left:left + width] - reference).mean() < 3.0
+    # The image reaches the padding on both sides: no row or column of it was lost to the border.
+    assert (pixels[top, left:left + width] != 255).any() and (pixels[top + height - 1, left:left + width] != 255).any()
+    assert (pixels[top:top + height, left] != 255).any() and (pixels[top:top + height, left + width - 1] != 255).any()

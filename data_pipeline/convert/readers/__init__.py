@@ -6,7 +6,7 @@ from ..items import Item, is_url
 from ..options import ConvertError, ConvertOptions
 from .annotations import read_coco, read_flickr
 from .folder import captions_table, read_folder
-from .tables import read_table
+from .tables import captions_per_item, read_table
 
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".txt": "urls"}
 
@@ -36,7 +36,8 @@ def detect_format(path: str) -> Tuple[str, str]:
                        "pass --format csv|tsv|parquet|jsonl|coco|flickr|urls|folder")
 
 
-def read_one(path: str, fmt: str, options: ConvertOptions) -> List[Item]:
+def read_one(path: str, fmt: str, options: ConvertOptions) -> Tuple[List[Item], str]:
+    """-> (items, note on how they were grouped)."""
     if fmt == "folder":
         if not os.path.isdir(path):
             raise ConvertError(f"{path}: --format folder needs a directory")
@@ -44,12 +45,14 @@ def read_one(path: str, fmt: str, options: ConvertOptions) -> List[Item]:
         if table:
             table_fmt = EXTENSIONS[os.path.splitext(table)[1]]
             return read_table(table, table_fmt, options, base_dir=options.image_root or path)
-        return read_folder(path, options)
-    if fmt == "coco":
-        return read_coco(path, options)
-    if fmt == "flickr":
-        return read_flickr(path, options)
-    return read_table(path, fmt, options)
+        items = read_folder(path, options)
+    elif fmt == "coco":
+        items = read_coco(path, options)
+    elif fmt == "flickr":
+        items = read_flickr(path, options)
+    else:
+        return read_table(path, fmt, options)
+    return items, f"{len(items)} images, {captions_per_item(items)}"
 
 
 def load_include_list(path: str) -> set:
@@ -63,12 +66,15 @@ def _name(source: str) -> str:
     return os.path.basename(source.split("?")[0].rstrip("/")) if is_url(source) else os.path.basename(source)
 
 
-def read_inputs(options: ConvertOptions, log=print) -> List[Item]:
+def read_inputs(options: ConvertOptions, log=print) -> Tuple[List[Item], List[str]]:
+    """-> (items, one note per input: format, grouping, guessed columns; the summary repeats them)."""
     items: List[Item] = []
+    notes: List[str] = []
     for path in options.inputs:
         fmt, why = (options.fmt, "--format") if options.fmt != "auto" else detect_format(path)
-        read = read_one(path, fmt, options)
-        log(f"clipforge convert: {path}: format {fmt} ({why}), {len(read)} items")
+        read, note = read_one(path, fmt, options)
+        notes.append(f"{path}: format {fmt} ({why}), {note}")
+        log(f"clipforge convert: {notes[-1]}")
         items.extend(read)
     if options.include_list:
         wanted = load_include_list(options.include_list)
@@ -80,5 +86,5 @@ def read_inputs(options: ConvertOptions, log=print) -> List[Item]:
     if not items:
         raise ConvertError(f"no input items in {', '.join(options.inputs)}"
                            + (f" after --include-list {options.include_list}" if options.include_list else ""))
-    return items
+    return items, notes
 

@@ -76,7 +76,18 @@ def resolve_source(value: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, value))
 
 
-def read_table(path: str, fmt: str, options: ConvertOptions, base_dir: Optional[str] = None) -> List[Item]:
+def captions_per_item(items: List[Item]) -> str:
+    """"5 captions each" or "1-5 captions each (mean 4.2)": how rows were grouped, said in the summary."""
+    counts = [len(item.captions) for item in items] or [0]
+    low, high = min(counts), max(counts)
+    if low == high:
+        return f"{low} caption{'' if low == 1 else 's'} each"
+    return f"{low}-{high} captions each (mean {sum(counts) / len(counts):.1f})"
+
+
+def read_table(path: str, fmt: str, options: ConvertOptions,
+               base_dir: Optional[str] = None) -> Tuple[List[Item], str]:
+    """-> (items, note): the note says how rows were grouped and which columns were guessed."""
     if not os.path.isfile(path):
         raise ConvertError(f"{path}: no such file")
     columns, rows = _read_rows(path, fmt)
@@ -99,4 +110,8 @@ def read_table(path: str, fmt: str, options: ConvertOptions, base_dir: Optional[
             # An empty image cell is its own item each time: never merge unrelated bad rows.
             items[value if value else f"\0{len(items)}"] = item
         item.captions.extend(_captions_of(row.get(caption_col)))
-    return list(items.values())
+    guessed = [f"{flag} {column!r}" for flag, column, given in
+               (("--image-col", image_col, options.image_col), ("--caption-col", caption_col, options.caption_col))
+               if given is None]
+    note = f"{len(rows)} rows -> {len(items)} images, {captions_per_item(list(items.values()))}"
+    return list(items.values()), note + (f"; guessed columns {', '.join(guessed)}" if guessed else "")
