@@ -13,16 +13,16 @@ COMMANDS = {
     "demo": ("launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),
 }
 
-USAGE = """usage: clipforge <command> [options]
+USAGE = """usage: clipforge <command> [options]   (clipforge --version)
 
 commands:
 {commands}
 
 examples:
-  clipforge demo
-  clipforge convert captions.csv --out shards/ --image-size 256
-  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50
-  clipforge eval --model runs/demo --data shards-val/ --task retrieval
+  clipforge demo                # writes runs/demo/: raw/, shards-train/, shards-val/, run/, results
+  clipforge convert runs/demo/raw/captions.csv --out shards/ --image-size 256
+  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50 train.run_dir=runs/demo/steps50
+  clipforge eval --model runs/demo/run --data runs/demo/shards-val --task retrieval
 
 `clipforge <command> --help` describes each command; each is also `python -m <package> ...`.
 """
@@ -34,6 +34,11 @@ def main(argv=None) -> int:
         width = max(map(len, COMMANDS))
         lines = "\n".join(f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items())
         print(USAGE.format(commands=lines))
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from pretrain.rundir import clipforge_version, git_commit
+        commit = git_commit()
+        print(f"clipforge {clipforge_version()}" + (f" (git {commit})" if commit else ""))
         return 0
     command = argv[0]
     if command not in COMMANDS:

@@ -1,7 +1,8 @@
 """`clipforge launch local|slurm`: one config -> the right torchrun / sbatch command lines.
 
-Imports no torch or deepspeed (login nodes have neither): the config is validated with the
-torch-free `pretrain.config`, the commands run `python -m torch.distributed.run` in a child.
+Imports no torch or deepspeed (login nodes have neither): the config, its paths and the run dir are
+checked with the torch-free `pretrain.config` / `pretrain.preflight` / `pretrain.rundir` before anything
+is spawned or submitted; the ranks run under `python -m pretrain.torchrun` (torchrun) in a child.
 """
 import argparse
 import os
@@ -12,12 +13,16 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
 from launch.slurm import SlurmOptions, TrainJob, render_train_script, submit, write_script
 from launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
-from pretrain.config import ConfigError, check_batch_split, load_config
+from pretrain.config import ConfigError, RunConfig, check_batch_split, load_config
+from pretrain.preflight import preflight, unknown_flag_message
+from pretrain.rundir import already_done, check_resume, describe, finished, target_steps
 
 EXAMPLES = """examples:
-  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50
+  # after `clipforge demo` (it writes runs/demo/shards-train); train.steps replaces the file's train.epochs:
+  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50 train.run_dir=runs/demo/steps50
   # two machines (run on each, same endpoint = node rank 0's address and a free port):
   clipforge launch local --config C.yaml --nproc 8 --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29500
   clipforge launch slurm --config configs/vit-l-14-multinode-zero2.yaml --nodes 16 --gpus-per-node 8 \\
@@ -41,7 +46,8 @@ def _parser(mode: str) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_args(p)
     if mode == "local":
-        p.add_argument("--nproc", type=int, default=1, help="ranks on this node (GPUs, or CPU processes)")
+        p.add_argument("--nproc", type=int, help="ranks on this node (default: one per visible GPU for a GPU "
+                                                 "config, else 1; CPU processes with train.device=cpu)")
         p.add_argument("--nnodes", type=int, default=1, help="nodes in the rendezvous (default 1: standalone)")
         p.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 hosts the rendezvous)")
         p.add_argument("--rdzv-endpoint", help="HOST:PORT of node rank 0, the same on every node")
@@ -63,15 +69,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config YAML (see configs/)")
     p.add_argument("--python", default=sys.executable,
                    help="interpreter with torch that runs the ranks (default: this one)")
-    p.add_argument("--dry-run", action="store_true", help="print the command / script, run and write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the command / script and whether the run resumes; run and write nothing")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=100 optim.lr=1e-4")
 
 
 def add_slurm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs (= ranks) per node; 0 = CPU job")
+    p.add_argument("--gpus-per-node", type=int,
+                   help="GPUs (= ranks) per node; required for a GPU config, 0 (default) = CPU job")
     p.add_argument("--procs-per-node", type=int, default=1, help="CPU ranks per node when --gpus-per-node 0")
-    p.add_argument("--cpus-per-task", type=int)
+    p.add_argument("--cpus-per-task", type=int,
+                   help="default: every rank of the task plus its data.workers loader processes")
     for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
         p.add_argument(f"--{flag}")
     p.add_argument("--exclusive", action="store_true")
@@ -80,7 +89,7 @@ def add_slurm_args(p: argparse.ArgumentParser) -> None:
 
 
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node,
+    opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node or 0, procs_per_node=args.procs_per_node,
                         cpus_per_task=args.cpus_per_task, partition=args.partition, account=args.account,
                         time=args.time, qos=args.qos, constraint=args.constraint, exclusive=args.exclusive,
                         mem=args.mem, env=list(args.env), python=args.python)
@@ -88,10 +97,23 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     return opts
 
 
-def _validated_config(args: argparse.Namespace, world_size: int):
-    cfg = load_config(args.config, args.overrides)
+def _checked(args: argparse.Namespace, cfg: RunConfig, world_size: int) -> Optional[str]:
+    """Every check a rank would make before training, here: None to go on, or the line that ends the
+    launch with exit 0 (a finished run). A dry run reports a path problem and prints the command anyway
+    (it is often run away from the cluster's file systems); a real launch refuses it."""
     check_batch_split(cfg, world_size)
-    return cfg
+    try:
+        preflight(cfg)
+    except ConfigError as err:
+        if not args.dry_run:
+            raise
+        print(f"clipforge launch: warning: {err} (a launch without --dry-run refuses this)", file=sys.stderr)
+    point = check_resume(cfg, world_size)
+    if args.dry_run:
+        print(f"clipforge launch: {describe(point, cfg)}", file=sys.stderr)
+    if finished(point, cfg):
+        return already_done(point.step, target_steps(cfg))
+    return None
 
 
 def run_forwarding_signals(argv: List[str], env: dict) -> int:
@@ -119,10 +141,15 @@ def run_forwarding_signals(argv: List[str], env: dict) -> int:
 
 
 def launch_local(args: argparse.Namespace) -> int:
-    cfg = _validated_config(args, args.nproc * args.nnodes)
+    cfg = load_config(args.config, args.overrides)
+    args.nproc = local_nproc(args.nproc, cfg.train.device, visible_gpus())
     rdzv = Rendezvous(nnodes=args.nnodes, node_rank=args.node_rank, endpoint=args.rdzv_endpoint,
                       backend=args.rdzv_backend, run_id=args.rdzv_id or run_id_for(cfg.train.run_dir))
     argv = [args.python, *torchrun_args(args.nproc, rdzv), *pretrain_args(args.config, args.overrides)]
+    done = _checked(args, cfg, args.nproc * args.nnodes)
+    if done and not args.dry_run:
+        print(f"clipforge launch: {done}", file=sys.stderr)
+        return 0
     env = local_env(dict(os.environ), args.nproc, cfg.train.device)
     if args.dry_run:   # copy-pastable: the variables launch adds, then the command
         added = [f"{k}={v}" for k, v in sorted(env.items()) if os.environ.get(k) != v]
@@ -134,10 +161,18 @@ def launch_local(args: argparse.Namespace) -> int:
 
 
 def launch_slurm(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    args.gpus_per_node = slurm_gpus(args.gpus_per_node, cfg.train.device, args.config)
     opts = slurm_options(args)
+    if opts.cpus_per_task is None:
+        opts.cpus_per_task = cpus_per_task(opts.ranks_per_node if args.launcher == "torchrun" else 1,
+                                           cfg.data.workers)
     if args.signal_seconds < 1 or args.max_requeues < 0:
         raise LaunchError("--signal-seconds must be >= 1 and --max-requeues >= 0")
-    cfg = _validated_config(args, opts.nodes * opts.ranks_per_node)
+    done = _checked(args, cfg, opts.nodes * opts.ranks_per_node)
+    if done and not args.dry_run:
+        print(f"clipforge launch: {done}; nothing submitted", file=sys.stderr)
+        return 0
     run_dir = os.path.abspath(cfg.train.run_dir)
     # the job reads a copy made at submission: editing the YAML later cannot change a queued or requeued run
     config_copy = os.path.join(run_dir, "slurm", "submitted-config.yaml")
@@ -183,7 +218,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"clipforge launch: unknown mode {mode!r}; choose local or slurm (see clipforge launch --help)",
               file=sys.stderr)
         return 2
-    args = _parser(mode).parse_intermixed_args(argv[1:])
+    parser = _parser(mode)
+    args, extras = parser.parse_known_intermixed_args(argv[1:])
+    if extras:   # `--lr 1e-4` -> "did you mean optim.lr=1e-4?"
+        message = unknown_flag_message(extras, argv) or f"unexpected arguments {' '.join(extras)}"
+        print(f"clipforge launch: error: {message}", file=sys.stderr)
+        return 2
     try:
         return launch_local(args) if mode == "local" else launch_slurm(args)
     except (ConfigError, LaunchError) as err:

@@ -1,7 +1,8 @@
 """torchrun command lines for `clipforge launch local` (and the per-node part of a slurm job).
 
-torchrun is run as `python -m torch.distributed.run` with the interpreter that has torch, so
-launch itself never imports torch (login nodes) and no `torchrun` needs to be on PATH.
+torchrun is run as `python -m pretrain.torchrun` (= `python -m torch.distributed.run`, plus one-line
+user errors) with the interpreter that has torch, so launch itself never imports torch (login nodes)
+and no `torchrun` needs to be on PATH.
 """
 import hashlib
 import os
@@ -42,10 +43,11 @@ def check_endpoint(endpoint: str) -> None:
 
 
 def torchrun_args(nproc: int, rdzv: Rendezvous, shutdown_timeout: int = 30) -> List[str]:
-    """torchrun's own flags (without the interpreter and without the training module)."""
+    """torchrun's flags after the interpreter (without the training module). The module is
+    pretrain.torchrun: torchrun itself, except that a rank's user error ends the run in its one line."""
     if nproc < 1:
         raise LaunchError(f"--nproc {nproc}: must be >= 1")
-    args = ["-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+    args = ["-m", "pretrain.torchrun", f"--nproc-per-node={nproc}",
             f"--signals-to-handle={FORWARDED_SIGNALS}", f"--shutdown-timeout={shutdown_timeout}"]
     if rdzv.nnodes == 1 and rdzv.endpoint is None:
         # torchrun binds its rendezvous store to port 0: the OS picks a free port, no race.

@@ -7,7 +7,7 @@ line naming the key and what is allowed, raised as ConfigError before any proces
 """
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import List, Optional, Sequence
 
 from omegaconf import OmegaConf
@@ -83,7 +83,8 @@ class TrainConfig:
     # Per-rank micro-batch; global_batch_size / (world * micro) micro-batches are accumulated
     # with feature caching, so the loss sees all global_batch_size negatives. None = no accumulation.
     micro_batch_size: Optional[int] = None
-    # Run length: exactly one of steps / samples / epochs.
+    # Run length: exactly one of steps / samples / epochs. A command-line override of one of them
+    # replaces the file's (train.steps=50 on a config with train.epochs runs 50 steps).
     steps: Optional[int] = None
     samples: Optional[int] = None
     epochs: Optional[float] = None
@@ -93,6 +94,12 @@ class TrainConfig:
     # auto: cuda when available, else cpu.
     device: str = "auto"
 
+
+DEVICES = ("auto", "cpu", "cuda")
+RUN_LENGTH_KEYS = ("steps", "samples", "epochs")
+# A section clipforge writes into RUN/config.yaml (version, git commit, overrides); ignored when read back,
+# so a run's config.yaml is itself a valid --config.
+RUN_INFO_KEY = "run_info"
 
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -156,6 +163,7 @@ def validate(cfg: RunConfig) -> None:
     _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, ZERO_STAGES)
     _choice("deepspeed.precision", cfg.deepspeed.precision, PRECISIONS)
+    _choice("train.device", cfg.train.device, DEVICES)
     # open_clip #616/#894: local loss without gather-with-grad silently trains on a wrong gradient.
     if cfg.loss.local_loss and not cfg.loss.gather_with_grad:
         raise ConfigError("loss.local_loss=true needs loss.gather_with_grad=true (otherwise the gradient is "
@@ -164,7 +172,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("loss.impl=tiled is implemented for loss.kind=infonce only; use loss.impl=naive with siglip")
     if cfg.loss.tile_size < 1:
         raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
-    lengths = [k for k in ("steps", "samples", "epochs") if getattr(cfg.train, k) is not None]
+    lengths = [k for k in RUN_LENGTH_KEYS if getattr(cfg.train, k) is not None]
     if len(lengths) != 1:
         raise ConfigError(f"give exactly one of train.steps, train.samples, train.epochs (got {lengths or 'none'}); "
                           "set the others to null, e.g. train.epochs=null train.steps=100")
@@ -183,7 +191,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
         raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1")
     if cfg.model.hf_text_dir is not None and not os.path.isdir(cfg.model.hf_text_dir):
-        raise ConfigError(f"model.hf_text_dir={cfg.model.hf_text_dir!r}: no such directory")
+        raise ConfigError(f"model.hf_text_dir={cfg.model.hf_text_dir!r}: no such directory "
+                          "(a local Hugging Face model folder: config, weights and tokenizer)")
 
 
 def check_batch_split(cfg: RunConfig, world_size: int) -> int:
@@ -201,25 +210,75 @@ def _one_line(err: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+def config_keys(node=RunConfig, prefix: str = "") -> List[str]:
+    """Every dotted key of the schema (optim.lr, train.steps, ...)."""
+    keys = []
+    for f in fields(node):
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            keys += config_keys(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def suggest_key(key: str, value: Optional[str] = None) -> Optional[str]:
+    """'lr' (or 'optim.lrr' -> nothing) -> 'optim.lr=VALUE': the schema keys whose last part matches."""
+    last = key.lstrip("-").replace("-", "_").split(".")[-1]
+    matches = [k for k in config_keys() if k.split(".")[-1] == last and k != key]
+    if not matches:
+        return None
+    return " or ".join(f"{k}={value}" if value is not None else k for k in matches)
+
+
+def _override_error(item: str, err: OmegaConfBaseException) -> ConfigError:
+    key, _, value = item.partition("=")
+    hint = suggest_key(key, value)
+    did_you_mean = f"; did you mean {hint}?" if hint else ""
+    return ConfigError(f"override {item!r}: {_one_line(err)}{did_you_mean}")
+
+
+def _run_length_overrides(overrides: Sequence[str]) -> List[str]:
+    """The run-length keys the command line sets to a value (not to null)."""
+    given = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in {f"train.{k}" for k in RUN_LENGTH_KEYS} and value.strip().lower() not in ("null", "none", "~"):
+            given.append(key.split(".")[1])
+    return given
+
+
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """YAML file (optional) + dotted overrides -> validated RunConfig."""
+    """YAML file (optional) + dotted overrides -> validated RunConfig.
+
+    A run-length override (train.steps / train.samples / train.epochs) replaces the run length of
+    the file: the other two keys are set to null unless the command line gives them too.
+    """
     merged = OmegaConf.structured(RunConfig)
     if path is not None:
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path!r} not found")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
+            if RUN_INFO_KEY in loaded:
+                loaded.pop(RUN_INFO_KEY)
+            merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{path}: {_one_line(err)}") from None
         except Exception as err:  # YAML syntax errors
             raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    given = _run_length_overrides(overrides)
+    if given:
+        for key in RUN_LENGTH_KEYS:
+            if key not in given:
+                merged.train[key] = None
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form dotted.key=value (e.g. optim.lr=1e-4)")
+            example = suggest_key(item, "VALUE") or "optim.lr=1e-4"
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value (e.g. {example})")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
-            raise ConfigError(f"override {item!r}: {_one_line(err)}") from None
+            raise _override_error(item, err) from None
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
@@ -232,9 +291,13 @@ def to_yaml(cfg: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def save_config(cfg: RunConfig, path: str) -> None:
-    """Write the resolved config atomically (a reader never sees half a file)."""
+def save_config(cfg: RunConfig, path: str, run_info: Optional[dict] = None) -> None:
+    """Write the resolved config atomically (a reader never sees half a file); run_info (clipforge
+    version, git commit, command-line overrides) goes into its own section, ignored by load_config."""
     tmp = f"{path}.tmp{os.getpid()}"
+    text = to_yaml(cfg)
+    if run_info:
+        text += OmegaConf.to_yaml(OmegaConf.create({RUN_INFO_KEY: run_info}))
     with open(tmp, "w") as f:
-        f.write(to_yaml(cfg))
+        f.write(text)
     os.replace(tmp, path)

@@ -23,6 +23,8 @@ from pretrain.export import export_model
 from pretrain.loss import build_loss
 from pretrain.metrics import MetricsLogger
 from pretrain.model import build_model
+from pretrain.text_cache import ensure_text_store
+from pretrain.rundir import already_done
 from pretrain.train import Trainer, train_loop
 
 
@@ -32,7 +34,8 @@ def stream_loader(cfg: RunConfig, dist, bundle, state: Optional[dict]):
     return build_train_loader(cfg.data, seed=cfg.train.seed, global_batch_size=cfg.train.global_batch_size,
                               rank=dist.rank, world_size=dist.world_size, image_size=bundle.image_size,
                               mean=bundle.preprocess_cfg["mean"], std=bundle.preprocess_cfg["std"],
-                              tokenizer=bundle.tokenizer, state=state, drop_last=True)
+                              tokenizer=bundle.tokenizer, state=state, drop_last=True,
+                              text_store=bundle.text_store)
 
 
 def _epochs(loader):
@@ -93,20 +96,25 @@ def periodic_eval(cfg: RunConfig, engine, bundle, dist, writer):
     return evaluate
 
 
-def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Callable = None) -> int:
-    """loss_wrapper(loss_fn) -> loss_fn: a test hook to inject faults into the real loss."""
+def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Callable = None,
+        run_info: Optional[dict] = None) -> int:
+    """loss_wrapper(loss_fn) -> loss_fn: a test hook to inject faults into the real loss. run_info (version,
+    git commit, overrides) is recorded in RUN/config.yaml."""
     dist = init_distributed(cfg.train.device)
     rank, world = dist.rank, dist.world_size
     accum = check_batch_split(cfg, world)
     run_dir = cfg.train.run_dir
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        save_config(cfg, os.path.join(run_dir, "config.yaml"), run_info)
         restarts = os.environ.get("SLURM_RESTART_COUNT")
         if restarts is not None:
             print(f"SLURM_RESTART_COUNT={restarts}", file=sys.stderr)
     _seed_all(cfg.train.seed)  # identical initial weights on every rank
     bundle = build_model(cfg.model, cfg.loss)
+    # Before the engine: under ZeRO-3 the tower's parameters are partitioned afterwards.
+    bundle.model.to(dist.device)
+    bundle.text_store = ensure_text_store(cfg, bundle, rank, world, dist.device)
     engine, base_lrs = build_engine(cfg, bundle.model, dist, accum, run_dir)
     _seed_all(cfg.train.seed + rank)  # per-rank dropout / patch-dropout masks
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes,
@@ -125,13 +133,18 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     # of the job (scancel --signal=USR1) does not kill them.
     preempt = PreemptionFlag()
     loader = data_factory(cfg, dist, bundle, data_state)
+    total = total_steps(cfg, loader)
+    if path is not None and state["step"] >= total:   # finished (epochs: known only now): no re-export
+        if rank == 0:
+            print(f"clipforge pretrain: {already_done(state['step'], total)}", file=sys.stderr)
+        return 0
     loss_fn = build_loss(cfg.loss, rank, world)
     if loss_wrapper is not None:
         loss_fn = loss_wrapper(loss_fn)
     metrics = MetricsLogger(run_dir, rank, world, dist.device, bundle.model_cfg)
     evaluate = periodic_eval(cfg, engine, bundle, dist, metrics.writer)
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
-                      total_steps=total_steps(cfg, loader), mean=bundle.preprocess_cfg["mean"],
+                      total_steps=total, mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
                       preempt=preempt, evaluate=evaluate)
     code = train_loop(trainer, _epochs(loader), loader.state_dict, lambda: dict(loader.counters), state)

@@ -35,6 +35,14 @@ def write_config(path: Path, run_dir: str, shards: str, steps: int = 3, batch: i
     return path
 
 
+def marker_dataset(path: Path) -> str:
+    """A folder that passes launch's path check (it has sizes.json) without being trainable: for tests of
+    what launch does after its checks (scripts, sbatch), where no rank ever reads the data."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "sizes.json").write_text('{"shard-000000.tar": 8}')
+    return str(path)
+
+
 def losses(run_dir) -> Dict[int, float]:
     """step -> loss from RUN/metrics.jsonl (the last line per step wins: a resumed run repeats none)."""
     out = {}

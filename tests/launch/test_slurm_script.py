@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .launch_helpers import REPO, clipforge, write_config
+from .launch_helpers import REPO, clipforge, marker_dataset, write_config
 
 GOLDEN = Path(__file__).parent / "golden"
 HOSTILE = "/TMP/run $(touch /TMP/pwned) `id` 'q' \"dq\" ; rm -rf ~ #x"
@@ -37,7 +37,7 @@ def _golden(name: str, text: str) -> None:
 def test_golden_two_nodes_torchrun(tmp_path):
     text = _dry_run(tmp_path, "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--account", "proj",
                     "--time", "48:00:00", "--qos", "high", "--constraint", "a100", "--exclusive", "--mem", "0",
-                    "--cpus-per-task", "64", "--env", "NCCL_SOCKET_IFNAME=ib0", "train.steps=10",
+                    "--cpus-per-task", "64", "--env", "NCCL_SOCKET_IFNAME=ib0", "train.steps=10", "train.device=cuda",
                     "train.global_batch_size=256")
     _golden("pretrain-torchrun.sbatch", text)
 
@@ -45,7 +45,7 @@ def test_golden_two_nodes_torchrun(tmp_path):
 def test_golden_one_task_per_rank_srun(tmp_path):
     _golden("pretrain-srun.sbatch", _dry_run(tmp_path, "--nodes", "2", "--gpus-per-node", "4", "--launcher", "srun",
                                              "--time", "30", "--signal-seconds", "120",
-                                             "train.global_batch_size=256"))
+                                             "train.global_batch_size=256", "train.device=cuda"))
 
 
 def test_golden_convert_array_and_eval(tmp_path):
@@ -122,7 +122,7 @@ print(heavy)
 
 
 def test_without_sbatch_the_error_says_where_to_run_and_the_script_is_kept(tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", str(tmp_path / "run"), "shards")
+    cfg = write_config(tmp_path / "c.yaml", str(tmp_path / "run"), marker_dataset(tmp_path / "shards"))
     result = clipforge("launch", "slurm", "--config", str(cfg), env=dict(os.environ, PATH=str(tmp_path / "empty")))
     assert result.returncode == 2 and "sbatch not found" in result.stderr and result.stderr.count("\n") == 1
     script = tmp_path / "run" / "slurm" / "pretrain.sbatch"

@@ -28,7 +28,7 @@ def test_dotted_overrides_apply_with_types():
     (["deepspeed.zero_stage=5"], "allowed values are 0, 1, 2, 3"),
     (["deepspeed.precision=fp8"], "deepspeed.precision"),
     (["loss.local_loss=true", "loss.gather_with_grad=false"], "loss.gather_with_grad"),
-    (["train.steps=10"], "exactly one of train.steps"),
+    (["train.steps=10", "train.epochs=2"], "exactly one of train.steps"),
     (["data.sources=[]"], "data.sources is empty"),
     (["data.mode=stream"], "data.mode"),
     (["optim.lr"], "dotted.key=value"),
