@@ -1,5 +1,8 @@
 """`clipforge eval`: zero-shot retrieval / classification of any checkpoint, CLIP_benchmark-compatible JSON."""
 import argparse
+import contextlib
+import io
+import logging
 import os
 import shutil
 import sys
@@ -17,23 +20,34 @@ EXAMPLES = """examples:
   clipforge eval --model ViT-B-32 --pretrained weights.pt --data shards/ --task retrieval
   torchrun --nproc_per_node 8 -m eval --model RUN --data shards/ --task retrieval   # every rank embeds a share
 
+CLIP_benchmark spellings also accepted: --task zeroshot_retrieval|zeroshot_classification, --recall_k 1 5 10,
+--output FILE, --dataset_root DIR, --batch_size N, --num_workers N.
+
 --model: a run dir (export/, else model.pt, else the latest DeepSpeed checkpoint), local-dir:DIR or an export
 dir, a DeepSpeed checkpoint dir (any ZeRO stage, consolidated on the fly) or one tag in it, a model.pt
 (+ --model-config), or an open_clip model name + --pretrained FILE.
 """
 
 
+# CLIP_benchmark's names for the same things.
+TASKS = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classification"}
+PEER_FLAGS = {"--recall_k": "recall_k", "--output": "out", "--dataset_root": "data", "--batch_size": "batch_size",
+              "--num_workers": "workers"}
+
+
 def parse_args(argv: List[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="clipforge eval", description=__doc__, epilog=EXAMPLES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="what to evaluate (see below)")
-    ap.add_argument("--data", required=True, help="shard dataset dir / .tar / brace pattern, or a raw folder "
-                    "or caption file (COCO, Flickr, csv ...) converted into a temp dir first")
-    ap.add_argument("--task", required=True, choices=("retrieval", "classification"))
+    ap.add_argument("--data", help="shard dataset dir / .tar / brace pattern, or a raw folder "
+                    "or caption file (COCO, Flickr, csv ...) converted into a temp dir first (required)")
+    ap.add_argument("--task", required=True, choices=tuple(TASKS) + tuple(TASKS.values()),
+                    help="retrieval or classification (CLIP_benchmark's zeroshot_* names too)")
     ap.add_argument("--out", help="write the CLIP_benchmark-style JSON here")
     ap.add_argument("--model-config", help="model name or model-config JSON for weights without one")
     ap.add_argument("--pretrained", help="local weights file for an open_clip model name")
-    ap.add_argument("--recall-k", default="1,5,10", help="retrieval: comma-separated k values (default 1,5,10)")
+    ap.add_argument("--recall-k", nargs="+", default=["1,5,10"],
+                    help="retrieval: k values, comma- or space-separated (default 1,5,10)")
     ap.add_argument("--label-key", default="label", help="classification: the KEY.json field holding the class "
                     "(name, or index into --classnames); KEY.cls is used when the field is absent")
     ap.add_argument("--classnames", help="classification: class names file (one per line, JSON list or "
@@ -50,17 +64,45 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     help="auto: fp32 on CPU, fp16 autocast on GPU (CLIP_benchmark's default)")
     ap.add_argument("--report", help="also write example retrievals with thumbnails (.md or .html)")
     ap.add_argument("--report-examples", type=int, default=8, help="queries shown in the report")
-    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines, no DeepSpeed consolidation lines")
+    for flag, dest in PEER_FLAGS.items():  # CLIP_benchmark's spellings, listed in the epilog
+        like = next(a for a in ap._actions if a.dest == dest)
+        ap.add_argument(flag, dest=dest, nargs=like.nargs, type=like.type, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not args.data:
+        ap.error("give --data DIR (or CLIP_benchmark's --dataset_root DIR): the shards or raw data to evaluate")
+    args.task = {v: k for k, v in TASKS.items()}.get(args.task, args.task)
     try:
-        args.recall_k = sorted({int(k) for k in str(args.recall_k).split(",") if k.strip()})
+        args.recall_k = sorted({int(k) for part in args.recall_k for k in part.split(",") if k.strip()})
     except ValueError:
-        ap.error(f"--recall-k {args.recall_k!r}: give comma-separated integers, e.g. 1,5,10")
+        ap.error(f"--recall-k {' '.join(args.recall_k)}: give integers, e.g. 1,5,10 or 1 5 10")
     if not args.recall_k or args.recall_k[0] < 1:
         ap.error("--recall-k values must be >= 1")
     if args.batch_size < 1:
         ap.error("--batch-size must be >= 1")
     return args
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """--quiet: DeepSpeed's checkpoint consolidation prints (stdout), logs (its own logger) and shows a progress
+    bar (stderr); errors still surface as exceptions."""
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("DeepSpeed")
+    level, buffer = logger.level, io.StringIO()
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        logger.setLevel(level)
+        # DeepSpeed's handler binds sys.stdout when it is first imported: inside this block that is the buffer.
+        for handler in logger.handlers:
+            if getattr(handler, "stream", None) is buffer:
+                handler.setStream(sys.stdout)
 
 
 def _device(args) -> str:
@@ -80,7 +122,8 @@ def _run(args) -> int:
     if device == "cuda" and world > 1:
         device = f"cuda:{torch.cuda.current_device()}"
     precision = args.precision if args.precision != "auto" else ("fp32" if device == "cpu" else "fp16")
-    loaded = load_model(args.model, args.model_config, args.pretrained)
+    with _quiet(args.quiet):
+        loaded = load_model(args.model, args.model_config, args.pretrained)
     loaded.model.to(device)
     data, temp = _open_data(args, open_eval_data, comm_for_world(), rank, loaded.preprocess_cfg)
     try:
@@ -112,6 +155,11 @@ def _evaluate(args, loaded, data, device: str, precision: str, rank: int, world:
         print(report.table(run, f"clipforge eval: {run.task} of {loaded.name} on {dataset} "
                                 f"({precision}, {world} rank(s))"))
         extra = {"precision": precision, "world_size": world, "data": args.data}
+        if run.task == "zeroshot_classification":  # what decides the classifier: enough to re-run it
+            extra.update(templates=args.templates, prompts=templates,
+                         classnames_file=args.classnames, classnames=run.extra["classnames"], label_key=args.label_key)
+        else:
+            extra["recall_k"] = args.recall_k
         if args.out:
             report.write_json(args.out, report.result_json(run, dataset, loaded.name, loaded.pretrained, extra))
             print(f"wrote {args.out}")

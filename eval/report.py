@@ -25,12 +25,22 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
+# CLIP_benchmark's names say what is retrieved: "image retrieval" = text->image queries, "text retrieval" = image->text.
+DIRECTIONS = {"image_retrieval": "text->image", "text_retrieval": "image->text", "mean_recall": "both directions"}
+
+
+def labelled(key: str) -> str:
+    """'image_retrieval_recall@5 (text->image)': CLIP_benchmark's metric name with the direction it measures."""
+    direction = next((d for prefix, d in DIRECTIONS.items() if key.startswith(prefix)), None)
+    return f"{key} ({direction})" if direction else key
+
+
 def table(run, title: str) -> str:
-    """Plain-text table: metric, value (%), chance (%)."""
-    width = max(len(k) for k in run.metrics)
+    """Plain-text table: metric (with its direction), value (%), chance (%)."""
+    width = max(len(labelled(k)) for k in run.metrics)
     lines = [title, f"{'metric'.ljust(width)}  {'value %':>8}  {'chance %':>8}"]
     for key, value in run.metrics.items():
-        lines.append(f"{key.ljust(width)}  {_fmt(value):>8}  {_fmt(run.chance.get(key)):>8}")
+        lines.append(f"{labelled(key).ljust(width)}  {_fmt(value):>8}  {_fmt(run.chance.get(key)):>8}")
     counts = ", ".join(f"{v:,} {k}" for k, v in run.counts.items())
     skipped = ", ".join(f"{n} {reason} (e.g. {run.skipped_examples[reason]})" for reason, n in run.skipped.items())
     lines.append(f"({counts}; skipped: {skipped or 'none'})")

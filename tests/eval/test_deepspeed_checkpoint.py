@@ -94,3 +94,16 @@ def test_deepspeed_checkpoint_evaluates_like_its_weights(eval_shards, tmp_path, 
     # the trainer's periodic eval on the live engine gives the same numbers as the CLI on its weights
     assert in_training == ref["metrics"]
     assert ckpt["pretrained"] == "deepspeed:latest" and tag["pretrained"] == "deepspeed:step00000001"
+
+
+@pytest.mark.multiprocess
+def test_quiet_silences_deepspeed_consolidation(eval_shards, tmp_path, capsys):
+    run, _ = make_checkpoint(tmp_path, 2, 1, eval_shards / "shards")
+    args = ["--model", run / "checkpoints", "--data", eval_shards / "shards", "--task", "retrieval", "--batch-size", "16"]
+    assert main([str(a) for a in args]) == 0
+    loud = capsys.readouterr()
+    assert main([str(a) for a in args] + ["--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "Processing zero checkpoint" in loud.out and "Loading checkpoint shards" in loud.err
+    assert "checkpoint" not in quiet.out.replace(str(run / "checkpoints"), "") and quiet.err == ""
+    assert quiet.out.splitlines()[0].startswith("clipforge eval: zeroshot_retrieval")
