@@ -35,7 +35,7 @@ def check_dataset(key: str, spec: str) -> None:
         raise ConfigError(f"{key}={spec!r}: no such shard dataset folder (give a `clipforge convert --out` "
                           "folder, a .tar or a brace pattern of tars)")
     # the first and last shard stand for the pattern: stat-ing 100k shards on a cluster FS is not fast
-    for path in {paths[0], paths[-1]}:
+    for path in dict.fromkeys((paths[0], paths[-1])):
         if not os.path.isfile(path):
             raise ConfigError(f"{key}={spec!r}: shard {path} not found")
 

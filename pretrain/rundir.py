@@ -132,7 +132,8 @@ def check_resume(cfg: RunConfig, world_size: int) -> Optional[ResumePoint]:
             raise ConfigError(f"cannot resume {where} with a changed {what}: give a new train.run_dir "
                               f"to start another run, or keep the saved values ({saved_file})")
         point.changes = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in differ if k != "train.run_dir"]
-    if cfg.deepspeed.zero_stage >= 1 and point.saved_world not in (None, world_size):
+    # a finished run loads nothing: "already at step N" is the answer whatever the world size
+    if cfg.deepspeed.zero_stage >= 1 and point.saved_world not in (None, world_size) and not finished(point, cfg):
         raise ConfigError(f"cannot resume {where} on {world_size} rank(s): it was saved by {point.saved_world} "
                           f"(deepspeed.zero_stage={cfg.deepspeed.zero_stage} partitions the optimizer over the "
                           f"ranks); launch {point.saved_world} ranks, or give a new train.run_dir")
