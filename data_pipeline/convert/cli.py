@@ -9,7 +9,8 @@ from .merge import merge
 from .options import ENCODE_FORMATS, FORMATS, RESIZE_MODES, ConvertError
 
 EXAMPLES = """examples:
-  clipforge convert ../shared/data/flickr8k/captions.csv --out shards/ --include-list splits/train.txt
+  clipforge convert ../shared/data/flickr8k/captions.csv --out shards/ \\
+      --include-list ../shared/data/flickr8k/splits/train.txt
   clipforge convert photos/ --out shards/ --image-size 224 --resize-mode center_crop --dedup --workers 8
   clipforge convert laion.parquet --format parquet --image-col URL --caption-col TEXT --out shards/ --workers 16
   clipforge convert dataset_flickr30k.json --split test --image-root flickr30k-images/ --out flickr30k-test/
