@@ -21,7 +21,7 @@ from pretrain.config import RunConfig, check_batch_split, save_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.export import export_model
 from pretrain.loss import build_loss
-from pretrain.metrics import MetricsLogger
+from pretrain.metrics import MetricsLogger, eval_line
 from pretrain.model import build_model
 from pretrain.text_cache import ensure_text_store
 from pretrain.rundir import already_done
@@ -78,20 +78,21 @@ def periodic_eval(cfg: RunConfig, engine, bundle, dist, writer):
     and tensorboard (eval/...). None without a val set."""
     if not cfg.data.val_path:
         return None
-    from eval.api import evaluate_retrieval
+    from eval.api import run_retrieval
 
     def evaluate(step: int) -> dict:
-        metrics = evaluate_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
-                                     recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size,
-                                     device=str(dist.device))
+        result = run_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
+                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(dist.device))
+        metrics = result.metrics
         if dist.rank == 0:
             os.makedirs(os.path.join(cfg.train.run_dir, "eval"), exist_ok=True)
             with open(os.path.join(cfg.train.run_dir, "eval", f"{tag_for(step)}.json"), "w") as f:
-                json.dump({"step": step, "dataset": cfg.data.val_path, "metrics": metrics}, f, indent=2)
+                # chance: loss.png draws each recall beside its chance level
+                json.dump({"step": step, "dataset": cfg.data.val_path, "metrics": metrics, "chance": result.chance},
+                          f, indent=2)
             for key, value in metrics.items():
                 writer.add_scalar(f"eval/{key}", value, step)
-            print(f"eval step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())),
-                  file=sys.stderr)
+            print(eval_line(step, metrics), file=sys.stderr)
         return metrics
     return evaluate
 
@@ -142,6 +143,8 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     if loss_wrapper is not None:
         loss_fn = loss_wrapper(loss_fn)
     metrics = MetricsLogger(run_dir, rank, world, dist.device, bundle.model_cfg)
+    metrics.set_progress(total, state["step"], state["samples_seen"], cfg.train.global_batch_size,
+                         loader.steps_per_epoch)
     evaluate = periodic_eval(cfg, engine, bundle, dist, metrics.writer)
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
                       total_steps=total, mean=bundle.preprocess_cfg["mean"],
