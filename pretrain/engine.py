@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from pretrain.config import RunConfig
+from pretrain.quiet import quiet_cpu_startup
 
 
 @dataclass
@@ -33,19 +34,21 @@ def _free_port() -> int:
 def init_distributed(device: str = "auto") -> DistInfo:
     """torchrun/srun env -> process group. Alone (no RANK) it becomes a world of one.
     cuda: NCCL, one GPU per local rank; cpu: gloo."""
-    import deepspeed
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    with quiet_cpu_startup(on_cpu=not use_cuda):
+        import deepspeed
 
     if "RANK" not in os.environ:  # plain `python -m pretrain`: a world of one on this host
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
-    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+    with quiet_cpu_startup(on_cpu=not use_cuda):  # the CPU backend builds its shared-memory op here
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 

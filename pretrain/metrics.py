@@ -60,9 +60,9 @@ def _duration(seconds: float) -> str:
 
 
 def _metric_order(key: str):
-    """recall@1, @5, @10 (not the string order @1, @10, @5)."""
+    """recall@1, @5, @10 (not the string order @1, @10, @5); an aggregate without @k after its @k values."""
     name, _, k = key.rpartition("@")
-    return (name, int(k)) if k.isdigit() else (key, -1)
+    return (name, int(k)) if k.isdigit() else (key, float("inf"))
 
 
 def eval_line(step: int, metrics: Dict[str, float]) -> str:

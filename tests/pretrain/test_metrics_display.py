@@ -37,10 +37,12 @@ def test_status_line_and_jsonl_fields_of_a_resumed_run(tmp_path, world_of_one, c
 
 
 def test_eval_line_lists_k_in_natural_order():
-    metrics = {f"{d}_retrieval_recall@{k}": k / 100 for d in ("text", "image") for k in (10, 1, 5)}
-    line = eval_line(3, metrics)
+    metrics = {f"{d}@{k}": k / 100 for d in ("text_retrieval_recall", "image_retrieval_recall", "mean_recall")
+               for k in (10, 1, 5)}
+    line = eval_line(3, {"mean_recall": 0.5, **metrics})
     assert line.startswith("eval step 3: image_retrieval_recall@1 0.0100, image_retrieval_recall@5 0.0500, "
-                           "image_retrieval_recall@10 0.1000, text_retrieval_recall@1")
+                           "image_retrieval_recall@10 0.1000, mean_recall@1 0.0100, mean_recall@5 0.0500, "
+                           "mean_recall@10 0.1000, mean_recall 0.5000, text_retrieval_recall@1")
 
 
 def _run_dir(tmp_path):
