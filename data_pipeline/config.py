@@ -33,6 +33,9 @@ class DataConfig:
     prefetch: int = 2
     # Optional held-out shard dataset for periodic retrieval eval during training.
     val_path: Optional[str] = None
+    # Captions of an image per visit (distinct lines of KEY.txt, seeded; cycled when an image has fewer).
+    # The loss treats all of them as positives of the image (pretrain/loss.py), never as its negatives.
+    captions_per_sample: int = 1
 
     def validate(self) -> None:
         if self.mode not in LOADER_MODES:
@@ -46,5 +49,7 @@ class DataConfig:
                 raise ValueError(f"data.sources[{i}].weight={source.weight}: must be > 0")
         if self.shuffle_window < 1:
             raise ValueError(f"data.shuffle_window={self.shuffle_window}: must be >= 1 (1 = no sample shuffle)")
+        if self.captions_per_sample < 1:
+            raise ValueError(f"data.captions_per_sample={self.captions_per_sample}: must be >= 1")
         if self.workers < 0:
             raise ValueError(f"data.workers={self.workers}: must be >= 0")

@@ -23,6 +23,17 @@ With equal b_r the per-rank values are exactly open_clip's. In every mode mean_r
 full-batch loss and the gradient w.r.t. rank r's features is world * d(full loss)/d(its rows), so
 the 1/world averaging of parameter gradients (DDP, DeepSpeed) gives the single-process gradient.
 
+Several positives (`image_ids` [b_r], `text_ids` [t_r]: the sample id of each image and of the image
+each caption belongs to; data.captions_per_sample K gives t_r = K * b_r): image i and caption j are a
+positive pair when their ids are equal -- an image's own K captions, and the captions of the same image
+drawn twice into one global batch. Each positive pair is one cross-entropy term whose denominator holds
+the pair and the row's NEGATIVES only (the other positives are never pushed away):
+    l(i, j) = -log(e^z_ij / (e^z_ij + sum_{k not positive of i} e^z_ik)) = softplus(LSE_neg(i) - z_ij),
+averaged over the pairs, image->text and text->image, then halved; SigLIP labels every positive pair +1.
+With one caption per image and no repeated ids this is exactly the usual loss (the fast path above runs).
+The global (local_loss=false) naive InfoNCE and SigLIP take ids; config validation refuses
+captions_per_sample > 1 with local or tiled InfoNCE.
+
 Gradient accumulation that keeps all negatives: see `splice_micro_batch` and `per_micro_batch`.
 """
 from typing import Optional, Sequence
@@ -54,10 +65,14 @@ class ContrastiveLoss(nn.Module):
         return distributed.all_gather_no_grad(x, sizes)
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
-                logit_bias: Optional[Tensor] = None) -> Tensor:
-        if image_features.shape != text_features.shape:
+                logit_bias: Optional[Tensor] = None, image_ids: Optional[Tensor] = None,
+                text_ids: Optional[Tensor] = None) -> Tensor:
+        with_ids = image_ids is not None and text_ids is not None
+        if image_features.shape[1:] != text_features.shape[1:] or (
+                not with_ids and image_features.shape != text_features.shape):
             raise ValueError(f"loss: image_features {tuple(image_features.shape)} and text_features "
-                             f"{tuple(text_features.shape)} must have the same shape [b, d]")
+                             f"{tuple(text_features.shape)} must have the same shape [b, d] (or pass "
+                             "image_ids/text_ids for several captions per image)")
         actual = distributed.world_size()
         if actual != self.world_size:
             raise RuntimeError(f"loss was built for world_size={self.world_size} but torch.distributed has "
@@ -68,11 +83,40 @@ class ContrastiveLoss(nn.Module):
         image, text, scale, bias = (_at_least_fp32(t) for t in (image_features, text_features,
                                                                 logit_scale, logit_bias))
         scale = _cap(scale, self.cfg.max_logit_scale)
+        positive = self._positives(image_ids, text_ids, sizes) if with_ids else None
         # bf16 logits at scale 100 would be off by ~0.4: the loss runs in fp32 even under autocast.
         with torch.autocast(image.device.type, enabled=False):
+            if positive is not None:
+                return self._multi_positive(image, text, scale, bias, sizes, positive)
             if self.cfg.kind == "siglip":
                 return self._siglip(image, text, scale, bias, sizes)
             return self._infonce(image, text, scale, bias, sizes)
+
+    def _positives(self, image_ids: Tensor, text_ids: Tensor, sizes: Sequence[int]) -> Optional[Tensor]:
+        """bool [N, M] of the global batch (SigLIP: [b_r, M]), or None when every image has exactly its
+        one caption (the plain loss is then the same function: it runs, bit for bit as before)."""
+        text_sizes = distributed.gather_sizes(text_ids.shape[0], text_ids.device)
+        all_image = distributed.all_gather_no_grad(image_ids, sizes)
+        all_text = distributed.all_gather_no_grad(text_ids, text_sizes)
+        if torch.equal(all_image, all_text) and all_image.unique().numel() == all_image.numel():
+            return None
+        if self.cfg.kind == "siglip":  # this rank's images against every caption
+            return image_ids[:, None] == all_text[None, :]
+        return all_image[:, None] == all_text[None, :]
+
+    def _multi_positive(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
+                        sizes: Sequence[int], positive: Tensor) -> Tensor:
+        text_sizes = distributed.gather_sizes(text.shape[0], text.device)
+        all_text = self._gather(text, text_sizes)
+        if self.cfg.kind == "siglip":
+            logits = scale * image @ all_text.T + (bias if bias is not None else 0)
+            signs = positive.to(logits.dtype) * 2 - 1
+            return -F.logsigmoid(signs * logits).sum() * self.world_size / sum(sizes)
+        logits = scale * self._gather(image, sizes) @ all_text.T
+        if bias is not None:
+            logits = logits + bias
+        return (multi_positive_cross_entropy(logits, positive)
+                + multi_positive_cross_entropy(logits.T, positive.T)) / 2
 
     def _infonce(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
                  sizes: Sequence[int]) -> Tensor:
@@ -111,6 +155,14 @@ class ContrastiveLoss(nn.Module):
         rows = torch.arange(image.shape[0], device=image.device)
         signs[rows, rows + sum(sizes[: self.rank])] = 1
         return -F.logsigmoid(signs * logits).sum() * self.world_size / sum(sizes)
+
+
+def multi_positive_cross_entropy(logits: Tensor, positive: Tensor) -> Tensor:
+    """Mean over positive pairs (i, j) of softplus(LSE_{k not positive of i} z_ik - z_ij) (module docstring).
+    Masked entries get the dtype's lowest value, not -inf: a row with no negatives then costs 0 with a
+    zero gradient (-inf would give logsumexp a NaN gradient); exp of it underflows to exactly 0 otherwise."""
+    negatives = logits.masked_fill(positive, torch.finfo(logits.dtype).min).logsumexp(dim=1, keepdim=True)
+    return F.softplus(negatives - logits)[positive].mean()
 
 
 def _at_least_fp32(t: Optional[Tensor]) -> Optional[Tensor]:

@@ -11,13 +11,14 @@ import copy
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import open_clip
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transform import PreprocessCfg
 from torch import nn
+from torch.nn import functional as F
 
 from pretrain.config import LossConfig, ModelConfig
 
@@ -33,12 +34,32 @@ class ContrastiveModel(nn.Module):
     Why a wrapper: one fp32 output contract for every tower and precision, and calling `self.clip(...)` (its forward, not encode_text) lets ZeRO-3 gather the parameters that CLIP
     owns directly (positional_embedding, text_projection, logit_scale)."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, frozen: Sequence[nn.Module] = ()):
         super().__init__()
         self.clip = clip
+        # Locked towers stay in eval mode: a locked tower is then a fixed function (no dropout), so its
+        # stored outputs (pretrain/text_cache.py) are exactly what it would compute live. A plain list,
+        # not registered: the modules are already children of clip.
+        self._frozen = list(frozen)
+        self.train(self.training)
 
-    def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None):
-        out = self.clip(images, tokens)
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
+
+    def forward(self, images: Optional[torch.Tensor] = None, tokens: Optional[torch.Tensor] = None,
+                text_vectors: Optional[torch.Tensor] = None):
+        """text_vectors [n, d_text]: the locked text tower's stored outputs (locked_text_vectors) instead of
+        tokens: only its trainable head runs."""
+        if text_vectors is not None:
+            # clip(images, None) still runs CLIP's own forward: ZeRO-3 gathers logit_scale/bias there.
+            out = self.clip(images, None)
+            text = F.normalize(self.clip.text.proj(text_vectors), dim=-1)
+            out = (out[0], text, *out[2:])
+        else:
+            out = self.clip(images, tokens)
         image_features, text_features, scale = out[0], out[1], out[2]
         bias = out[3].float() if len(out) > 3 else None
         # No clamp here: torch.clamp cuts the gradient at the cap, freezing the temperature; the loss
@@ -56,6 +77,8 @@ class ModelBundle:
     preprocess_cfg: Dict[str, Any]  # size, mean, std, interpolation, resize_mode
     tokenizer: Any  # callable: list[str] -> int64 [n, context_length]
     image_size: int
+    # (name, identity) of the locked text tower's stored outputs the loader reads (pretrain/text_cache.py).
+    text_store: Optional[tuple] = None
 
     @property
     def clip(self) -> nn.Module:
@@ -133,8 +156,9 @@ def tokenizer_for(model_cfg: Dict[str, Any]):
     return open_clip.tokenizer.SimpleTokenizer(context_length=context)
 
 
-def apply_locking(clip: nn.Module, model_cfg: ModelConfig) -> None:
-    """LiT: freeze a tower (optionally keeping its last N layer groups trainable)."""
+def apply_locking(clip: nn.Module, model_cfg: ModelConfig) -> List[nn.Module]:
+    """LiT: freeze a tower (optionally keeping its last N layer groups trainable). -> the fully frozen
+    modules, which the model keeps in eval mode."""
     if model_cfg.lock_image:
         clip.lock_image_tower(unlocked_groups=model_cfg.lock_image_unlocked_groups, freeze_bn_stats=False)
     if model_cfg.lock_text:
@@ -142,6 +166,24 @@ def apply_locking(clip: nn.Module, model_cfg: ModelConfig) -> None:
             clip.lock_text_tower(unlocked_layers=model_cfg.lock_text_unlocked_layers, freeze_layer_norm=True)
         except KeyError:  # open_clip 3.3.0 has no layer map for some HF architectures (e.g. BERT/MiniLM)
             _lock_hf_text(clip.text, model_cfg.lock_text_unlocked_layers)
+    if text_is_cacheable(model_cfg):
+        return [clip.text.transformer]
+    return []
+
+
+def text_is_cacheable(model_cfg: ModelConfig) -> bool:
+    """An HF text tower locked whole: its pooled output is a fixed function of the tokens (stored once,
+    pretrain/text_cache.py); only its projection head trains."""
+    return model_cfg.hf_text_dir is not None and model_cfg.lock_text and model_cfg.lock_text_unlocked_layers == 0
+
+
+@torch.no_grad()
+def locked_text_vectors(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The locked HF tower's pooled output [n, d_text] -- open_clip's HFTextEncoder.forward up to its
+    `proj` head, step for step (so head(vectors) is exactly the live text tower's output)."""
+    text = clip.text
+    attention_mask = (tokens != text.config.pad_token_id).long()
+    return text.pooler(text.transformer(input_ids=tokens, attention_mask=attention_mask), attention_mask)
 
 
 def _lock_hf_text(text: nn.Module, unlocked_layers: int) -> None:
@@ -163,8 +205,7 @@ def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> ModelBundle:
     """Seed torch before calling this for a reproducible initialisation (every rank must agree)."""
     cfg = final_model_config(model_cfg, loss_cfg)
     clip = instantiate(cfg)
-    apply_locking(clip, model_cfg)
-    model = ContrastiveModel(clip)
+    model = ContrastiveModel(clip, frozen=apply_locking(clip, model_cfg))
     size = cfg["vision_cfg"].get("image_size", 224)
     size = size if isinstance(size, int) else size[0]
     return ModelBundle(model=model, model_cfg=cfg, preprocess_cfg=preprocess_config(cfg),

@@ -45,32 +45,53 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.set_rng_state(state)
 
 
-def _forward_backward(engine, loss_fn, images, tokens, accum: int):
+@dataclass
+class TextInput:
+    """The text side of a batch: tokens int64 [b*K, L], or a locked tower's stored outputs
+    (`vectors`, float [b*K, d]); K captions per image, image-major; ids [b*K] the owner image of each
+    row and image_ids [b] (None: one caption per image, all distinct -- the plain loss)."""
+    rows: torch.Tensor
+    vectors: bool = False
+    image_ids: Optional[torch.Tensor] = None
+    ids: Optional[torch.Tensor] = None
+
+    def forward(self, engine, images, rows):
+        return engine(images, text_vectors=rows) if self.vectors else engine(images, rows)
+
+    def split(self, image_chunks):
+        """Row chunks aligned with the image micro-batches (K rows per image)."""
+        per_image = self.rows.shape[0] // max(1, sum(c.shape[0] for c in image_chunks))
+        return self.rows.split([c.shape[0] * per_image for c in image_chunks])
+
+
+def _forward_backward(engine, loss_fn, images, text: TextInput, accum: int):
     """-> (full-batch loss (detached), whether backward ran, logit scale)."""
+    ids = {} if text.ids is None else {"image_ids": text.image_ids, "text_ids": text.ids}
     if accum == 1:
-        img, txt, scale, bias = engine(images, tokens)
-        loss = loss_fn(img, txt, scale, bias)
+        img, txt, scale, bias = text.forward(engine, images, text.rows)
+        loss = loss_fn(img, txt, scale, bias, **ids)
         if not _all_finite(loss.detach()):
             return loss.detach(), False, scale.item()
         engine.backward(loss, scale_wrt_gas=False)
         return loss.detach(), True, scale.item()
-    image_chunks, token_chunks = images.tensor_split(accum), tokens.tensor_split(accum)
+    image_chunks = images.tensor_split(accum)
+    text_chunks = text.split(image_chunks)
     states, img_cache, txt_cache = [], [], []
     with torch.no_grad():
-        for image_chunk, token_chunk in zip(image_chunks, token_chunks):
+        for image_chunk, text_chunk in zip(image_chunks, text_chunks):
             states.append(_rng_state(engine.device))
-            img, txt, scale, bias = engine(image_chunk, token_chunk)
+            img, txt, scale, bias = text.forward(engine, image_chunk, text_chunk)
             img_cache.append(img)
             txt_cache.append(txt)
         after = _rng_state(engine.device)
-        loss_value = loss_fn(torch.cat(img_cache), torch.cat(txt_cache), scale, bias)
+        loss_value = loss_fn(torch.cat(img_cache), torch.cat(txt_cache), scale, bias, **ids)
     if not _all_finite(loss_value):
         return loss_value, False, scale.item()
     for j in range(accum):
         _set_rng_state(engine.device, states[j])
-        img, txt, scale, bias = engine(image_chunks[j], token_chunks[j])
+        img, txt, scale, bias = text.forward(engine, image_chunks[j], text_chunks[j])
         loss = loss_fn(splice_micro_batch(img_cache, img, j), splice_micro_batch(txt_cache, txt, j),
-                       per_micro_batch(scale, accum), per_micro_batch(bias, accum))
+                       per_micro_batch(scale, accum), per_micro_batch(bias, accum), **ids)
         engine.backward(loss, scale_wrt_gas=False)
         if j < accum - 1:
             engine.step()  # not a boundary: DeepSpeed only advances its micro-step counter
@@ -78,9 +99,11 @@ def _forward_backward(engine, loss_fn, images, tokens, accum: int):
     return loss_value, True, scale.item()
 
 
-def train_step(engine, loss_fn, images, tokens, accum: int, cfg) -> StepResult:
-    """images: normalised [b,3,H,W] in the engine's dtype; tokens: int64 [b,L] on the engine's device."""
-    loss, ran, scale = _forward_backward(engine, loss_fn, images, tokens, accum)
+def train_step(engine, loss_fn, images, text, accum: int, cfg) -> StepResult:
+    """images: normalised [b,3,H,W] in the engine's dtype; text: a TextInput (or int64 tokens [b,L]),
+    on the engine's device."""
+    text = text if isinstance(text, TextInput) else TextInput(text)
+    loss, ran, scale = _forward_backward(engine, loss_fn, images, text, accum)
     scale = min(scale, cfg.loss.max_logit_scale)  # the value the loss used (it caps the parameter's exp)
     if not ran:
         return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale)

@@ -15,7 +15,7 @@ from pretrain.checkpoint import EXIT_NONFINITE, EXIT_PREEMPTED, CheckpointManage
 from pretrain.engine import images_to_input
 from pretrain.metrics import MetricsLogger
 from pretrain.schedule import lr_factor, set_lr
-from pretrain.step import train_step
+from pretrain.step import TextInput, train_step
 
 
 @dataclass
@@ -32,6 +32,19 @@ class Trainer:
     metrics: MetricsLogger
     preempt: PreemptionFlag
     evaluate: Optional[Callable[[int], dict]] = None  # periodic retrieval eval (every rank calls it)
+
+
+def text_input(batch: dict, dtype: torch.dtype, device) -> TextInput:
+    """The batch's text side on the device: stored vectors (cast like the images) or tokens, with the
+    sample ids whenever they can repeat (several captions per image, or an image drawn twice)."""
+    vectors = "text_vectors" in batch
+    rows = batch["text_vectors"].to(device, dtype) if vectors else batch["tokens"].to(device, non_blocking=True)
+    ids = batch.get("sample_ids")
+    if ids is None:
+        return TextInput(rows, vectors)
+    per_image = rows.shape[0] // max(1, ids.shape[0])
+    ids = ids.to(device)
+    return TextInput(rows, vectors, image_ids=ids, ids=ids.repeat_interleave(per_image))
 
 
 def _agree(flags, device) -> list:
@@ -54,8 +67,8 @@ def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dic
             break  # the data ran out before the step budget (epoch mode)
         lr = set_lr(engine.optimizer, t.base_lrs, lr_factor(state["step"], t.total_steps, cfg.optim))
         images = images_to_input(batch["images"], t.mean, t.std, engine)
-        tokens = batch["tokens"].to(engine.device, non_blocking=True)
-        result = train_step(engine, t.loss_fn, images, tokens, t.accum, cfg)
+        result = train_step(engine, t.loss_fn, images, text_input(batch, images.dtype, engine.device),
+                            t.accum, cfg)
         state["step"] += 1
         state["samples_seen"] += cfg.train.global_batch_size
         if result.applied:

@@ -4,15 +4,20 @@ Random access into the tars: each worker keeps an LRU of (open file, member inde
 few shards it touched (a shuffle window spans 1-2 shards, so a small LRU hits almost always), so
 its memory stays bounded over any number of epochs. Bad samples are dropped from the batch and
 counted by reason; the batch then holds fewer rows (the trainer's loss takes variable sizes).
+
+With captions_per_sample K the batch holds K captions per image, image-major: rows i*K .. i*K+K-1 of
+"tokens" (and of "text_vectors", when a store of locked-tower embeddings is given) are image i's.
 """
+import hashlib
 import os
 from collections import Counter, OrderedDict
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from data_pipeline.shards import IMAGE_EXTS, ShardError, TarIndex, index_tar
+from data_pipeline.embeddings import VectorCache
+from data_pipeline.shards import IMAGE_EXTS, ShardError, TarIndex, all_captions, index_tar, sample_meta
 from data_pipeline.stream import hashing
 from data_pipeline.stream.decode import DecodeError, train_image
 from data_pipeline.stream.plan import BatchRequest
@@ -25,6 +30,24 @@ READ_ERROR = "read_error"  # an I/O error while reading the sample's bytes
 MISSING_IMAGE = "missing_image"
 MISSING_CAPTION = "missing_caption"
 CORRUPT_IMAGE = "corrupt_image"
+MISSING_VECTOR = "missing_stored_embedding"  # the store has no vector for this key/caption (stale store)
+
+
+def sample_id(source_root: str, key: str) -> int:
+    """A signed int64 identity of (dataset, key): equal for the same image drawn twice (resampled mode,
+    or one dataset mixed in twice), so the loss never makes an image's own captions its negatives.
+    Keys alone are not enough: two converted datasets both number their keys from 0."""
+    digest = hashlib.blake2b(f"{os.path.realpath(source_root)}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def caption_choice(num_captions: int, k: int, rng: np.random.Generator) -> List[int]:
+    """K caption indices of one visit: distinct while the image has enough, cycled when it has fewer.
+    K=1 keeps the single draw of earlier versions (same captions for the same seed)."""
+    if k == 1:
+        return [int(rng.integers(num_captions))]
+    order = rng.permutation(num_captions)
+    return [int(order[j % num_captions]) for j in range(k)]
 
 
 class ShardCache:
@@ -62,14 +85,24 @@ class BatchDataset(torch.utils.data.Dataset):
     """dataset[request] -> {"images": uint8 [n,3,S,S], "tokens": int64 [n,L], "keys", "skipped", "request"}."""
 
     def __init__(self, shard_paths: List[List[str]], *, seed: int, image_size: int,
-                 tokenizer: Callable[[List[str]], torch.Tensor], cache_shards: int = 16):
+                 tokenizer: Callable[[List[str]], torch.Tensor], cache_shards: int = 16,
+                 source_roots: Optional[List[str]] = None, captions_per_sample: int = 1,
+                 vector_paths: Optional[List[List[str]]] = None, json_caption_sources: Sequence[int] = ()):
+        """vector_paths: per source, per shard, the stored-embeddings file (data_pipeline.embeddings) whose
+        vectors replace the captions' tokens; None = tokenise the captions. json_caption_sources: sources
+        converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them)."""
+        self.json_caption_sources = set(json_caption_sources)
         self.shard_paths, self.seed, self.image_size = shard_paths, seed, image_size
         self.tokenizer = tokenizer
         self.cache = ShardCache(cache_shards)
+        self.source_roots = source_roots or ["" for _ in shard_paths]
+        self.captions_per_sample = captions_per_sample
+        self.vector_paths = vector_paths
+        self.vectors = VectorCache()
         self._empty_tokens = None
 
     def load(self, position: int, source: int, shard: int, index: int):
-        """(key, caption, uint8 [3,S,S]) of one sample, or (None, reason, None) when it is bad."""
+        """(key, [(caption index, caption)] * K, uint8 [3,S,S]) of one sample, or (None, reason, None)."""
         path = self.shard_paths[source][shard]
         try:
             fd, tar_index = self.cache.get(path)
@@ -84,6 +117,8 @@ class BatchDataset(torch.utils.data.Dataset):
         try:
             text = _read(fd, entry.members["txt"]).decode("utf-8", errors="replace") if "txt" in entry.members else ""
             captions = [line.strip() for line in text.splitlines() if line.strip()]
+            if source in self.json_caption_sources and "json" in entry.members:
+                captions = all_captions(sample_meta(_read(fd, entry.members["json"])), captions)
             if not captions:
                 return None, MISSING_CAPTION, None
             image_bytes = _read(fd, entry.members[ext])
@@ -92,28 +127,47 @@ class BatchDataset(torch.utils.data.Dataset):
         # Per-visit randomness keyed by the global position: same crop and caption whatever the
         # worker, rank or resume point; a new choice in every epoch (new position).
         rng = hashing.rng(self.seed, hashing.SAMPLE_AUGMENT, position)
-        caption = captions[int(rng.integers(len(captions)))]
+        chosen = [(c, captions[c]) for c in caption_choice(len(captions), self.captions_per_sample, rng)]
         try:
             image = train_image(image_bytes, ext, self.image_size, rng)
         except DecodeError:
             return None, CORRUPT_IMAGE, None
-        return entry.key, caption, image
+        return entry.key, chosen, image
+
+    def _vectors(self, source: int, shard: int, key: str, chosen) -> Optional[List[np.ndarray]]:
+        stored = self.vectors.get(self.vector_paths[source][shard])
+        rows = [stored.vector(key, c) for c, _ in chosen]
+        return None if any(r is None for r in rows) else rows
 
     def __getitem__(self, request: BatchRequest) -> Dict:
         size = self.image_size
         images = np.empty((len(request.items), 3, size, size), dtype=np.uint8)
-        keys, captions, skipped = [], [], Counter()
+        keys, ids, captions, caption_index, vectors, skipped = [], [], [], [], [], Counter()
         for position, source, shard, index in request.items.tolist():
-            key, caption_or_reason, image = self.load(position, source, shard, index)
+            key, chosen_or_reason, image = self.load(position, source, shard, index)
             if key is None:
-                skipped[caption_or_reason] += 1
+                skipped[chosen_or_reason] += 1
                 continue
+            if self.vector_paths is not None:
+                rows = self._vectors(source, shard, key, chosen_or_reason)
+                if rows is None:
+                    skipped[MISSING_VECTOR] += 1
+                    continue
+                vectors.extend(rows)
             images[len(keys)] = image
             keys.append(key)
-            captions.append(caption_or_reason)
-        tokens = self.tokenizer(captions) if captions else self._no_tokens()
-        return {"images": torch.from_numpy(images[:len(keys)]), "tokens": tokens.long(), "keys": keys,
-                "skipped": dict(skipped), "request": request}
+            ids.append(sample_id(self.source_roots[source], key))
+            captions.extend(caption for _, caption in chosen_or_reason)
+            caption_index.append([c for c, _ in chosen_or_reason])
+        out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
+               "sample_ids": torch.tensor(ids, dtype=torch.int64),
+               "caption_index": torch.tensor(caption_index, dtype=torch.int64).view(len(keys), -1),
+               "request": request}
+        if self.vector_paths is not None:  # the locked tower's outputs replace its inputs: no tokens needed
+            out["text_vectors"] = torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, 0)
+        else:
+            out["tokens"] = (self.tokenizer(captions) if captions else self._no_tokens()).long()
+        return out
 
     def _no_tokens(self) -> torch.Tensor:
         """An empty [0, L] token tensor (L of this tokenizer) for a batch whose samples were all bad."""

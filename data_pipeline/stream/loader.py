@@ -4,7 +4,10 @@
                                 image_size=224, mean=..., std=..., tokenizer=tok, state=ckpt.get("loader"))
     for batch in loader:          # the rest of the current epoch; a new `for` starts the next one
         batch["images"]           # uint8 [b, 3, 224, 224]   (b = B / world, fewer when samples were bad)
-        batch["tokens"]           # int64 [b, L]
+        batch["tokens"]           # int64 [b*K, L] (K = data.captions_per_sample; image-major)
+        batch["text_vectors"]     # instead of tokens, with text_store: float32 [b*K, D] stored tower outputs
+        batch["sample_ids"]       # int64 [b]: equal for the same image seen twice (the loss's positives)
+        batch["caption_index"]    # int64 [b, K]: which lines of KEY.txt
         batch["keys"]             # list[str]
         ckpt["loader"] = loader.state_dict()   # the state after the batch just yielded
 
@@ -15,12 +18,13 @@ them in order: the batch sequence is deterministic for any worker count.
 import os
 import signal
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from data_pipeline import embeddings
 from data_pipeline.config import DataConfig
-from data_pipeline.shards import open_shards
+from data_pipeline.shards import open_shards, txt_holds_first_caption
 from data_pipeline.stream.dataset import BatchDataset
 from data_pipeline.stream.plan import SamplePlan
 
@@ -98,7 +102,7 @@ class TrainLoader:
                 self.counters[reason] = self.counters.get(reason, 0) + n
             self._state = out["request"].state_after
             self.samples_yielded += len(out["keys"])
-            yield {"images": out["images"], "tokens": out["tokens"], "keys": out["keys"]}
+            yield {k: v for k, v in out.items() if k not in ("skipped", "request")}
 
     def state_dict(self) -> Dict:
         return {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
@@ -123,8 +127,10 @@ class TrainLoader:
 def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
                        image_size: int, mean: Sequence[float], std: Sequence[float],
                        tokenizer: Callable[[List[str]], torch.Tensor], state: Optional[Dict] = None,
-                       drop_last: bool = True) -> TrainLoader:
-    """The train loader of one rank. Opens (and checks) every shard path before starting anything."""
+                       drop_last: bool = True, text_store: Optional[Tuple[str, Dict]] = None) -> TrainLoader:
+    """The train loader of one rank. Opens (and checks) every shard path before starting anything.
+    text_store: (name, model identity) of stored text embeddings beside every source (checked against
+    the shards and the model: embeddings.StaleEmbeddings), read instead of tokenising the captions."""
     data_cfg.validate()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} is outside world_size={world_size}")
@@ -140,12 +146,25 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
     if plan.steps_per_epoch == 0:
         raise ValueError(f"global batch size {global_batch_size} is larger than the {plan.samples_per_epoch} samples "
                          f"of an epoch of data.sources; lower the batch size or pass drop_last=False")
+    vector_paths = None
+    if text_store is not None:
+        name, model = text_store
+        vector_paths = []
+        for source, shard_set in zip(data_cfg.sources, shard_sets):
+            tars = [s.name for s in shard_set.shards]
+            embeddings.check_store(source.path, name, model, tars)
+            vector_paths.append(embeddings.shard_files(source.path, name, tars))
     dataset = BatchDataset([[s.path for s in shard_set.shards] for shard_set in shard_sets], seed=seed,
-                           image_size=image_size, tokenizer=tokenizer)
+                           image_size=image_size, tokenizer=tokenizer,
+                           source_roots=[embeddings.dataset_root(s.path) for s in data_cfg.sources],
+                           captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths,
+                           json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)])
     identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
                 "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
                 "samples_per_source": [shard_set.num_samples for shard_set in shard_sets],
                 "weights": [float(s.weight) for s in data_cfg.sources]}
+    if data_cfg.captions_per_sample > 1:  # absent at 1: states saved before the option existed still resume
+        identity["captions_per_sample"] = data_cfg.captions_per_sample
     loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size,
                          preprocess={"image_size": image_size, "mean": list(mean), "std": list(std)},
                          identity=identity)
