@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-setup
 # CPU defaults (this project's dev/CI machines have no GPU); on a GPU node run the CLI directly.
 CPU_ENV := HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test test-fast test-multiprocess bench bench-quick flickr8k clean-venv
+.PHONY: demo test test-fast test-multiprocess bench bench-quick bench-learning flickr8k clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: $(STAMP) $(PEERS)/.stamp-bench
 
 bench-quick: $(STAMP) $(PEERS)/.stamp-bench
 	$(CPU_ENV) $(PY) -m bench.run_all --quick
+
+# open_clip's own trainer beside clipforge's recipes on Flickr8k (bench/learning.py, ~2 h on 2 cores;
+# reuses runs/flickr8k/{scratch,lit} from `make flickr8k`). BENCH_LEARNING_ARGS=--quick: a slice, minutes.
+bench-learning: $(STAMP)
+	$(CPU_ENV) $(PY) -m pip install -q -e '.[lit]'
+	$(CPU_ENV) $(PY) -m bench.learning $(BENCH_LEARNING_ARGS)
 
 flickr8k: $(STAMP)
 	$(CPU_ENV) $(PY) -m pip install -q -e '.[lit]'

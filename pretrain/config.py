@@ -34,6 +34,9 @@ class ModelConfig:
     lock_text_unlocked_layers: int = 0
     grad_checkpointing: bool = False
     patch_dropout: float = 0.0
+    # A locked HF text tower's outputs are computed once over the training shards and stored beside
+    # them (SHARDS/embeddings/text-<hash>/); the trainer reads them instead of running the tower.
+    text_cache: bool = True
 
 
 LOSS_KINDS = ("infonce", "siglip")

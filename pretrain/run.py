@@ -82,7 +82,8 @@ def periodic_eval(cfg: RunConfig, engine, bundle, dist, writer):
 
     def evaluate(step: int) -> dict:
         result = run_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
-                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(dist.device))
+                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(dist.device),
+                               precision=cfg.deepspeed.precision)  # the weights' dtype: bf16/fp16 need autocast
         metrics = result.metrics
         if dist.rank == 0:
             os.makedirs(os.path.join(cfg.train.run_dir, "eval"), exist_ok=True)
