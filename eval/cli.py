@@ -16,7 +16,7 @@ EXAMPLES = """examples:
   clipforge eval --model runs/demo/run --data runs/demo/shards-val --task retrieval --out runs/demo/eval-val.json
   clipforge eval --model runs/demo/run --data runs/demo/shards-val --task classification --label-key shape \\
                  --classnames runs/demo/raw/classnames.txt --templates simple --report runs/demo/cls.html
-  clipforge eval --model runs/demo/run/checkpoints --data runs/demo/raw/images --task retrieval   # raw folder: converted first
+  clipforge eval --model runs/demo/run/checkpoints --data runs/demo/raw --task retrieval   # raw folder: converted first
   clipforge eval --model model.pt --model-config configs/models/tiny-vit.json --data shards/ --task retrieval
   clipforge eval --model ViT-B-32 --pretrained weights.pt --data shards/ --task retrieval
   torchrun --nproc_per_node 8 -m eval --model RUN --data shards/ --task retrieval   # every rank embeds a share
