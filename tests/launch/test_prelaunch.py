@@ -120,3 +120,18 @@ def test_version():
                          if line.startswith("version"))
     assert result.stdout.split()[1] == setup_version
     assert result.stdout.count("\n") == 1
+
+
+@pytest.mark.multiprocess
+def test_a_rank_user_error_ends_launch_local_in_that_line(train_shards, tmp_path):
+    """A mistake only a rank finds (a shard the manifest lists is gone; launch checks the first and last):
+    launch prints the rank's line and exits 2, not torchrun's ChildFailedError dump and exit 1."""
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(train_shards, broken)
+    (broken / "shard-000001.tar").unlink()
+    cfg = write_config(tmp_path / "c.yaml", str(tmp_path / "run"), str(broken))
+    result = clipforge("launch", "local", "--config", str(cfg), "--nproc", "2", timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == f"clipforge pretrain: 1 of 3 shards not found: {broken}/shard-000001.tar"
+    assert "ChildFailedError" not in result.stderr and "Traceback" not in result.stderr
