@@ -16,7 +16,7 @@ import random
 import shutil
 import signal
 import time
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -82,6 +82,8 @@ class CheckpointManager:
         self.every_steps, self.every_s, self.keep_last, self.rank = every_steps, every_minutes * 60, keep_last, rank
         self.last_save = time.monotonic()
         self.last_tag: Optional[str] = None
+        # name -> this rank's state (e.g. the model EMA's fragments), saved as <tag>/<name>/rank<r>.pt
+        self.per_rank: Dict[str, Callable[[], dict]] = {}
 
     def due(self, step: int) -> bool:
         """Rank 0's clock decides (ranks' clocks differ; the caller all-reduces this flag)."""
@@ -105,6 +107,9 @@ class CheckpointManager:
         tmp_dir = os.path.join(self.dir, tmp_tag)
         os.makedirs(os.path.join(tmp_dir, "rng"), exist_ok=True)
         _write_json(os.path.join(tmp_dir, "rng", f"rank{self.rank}.json"), rng_state())
+        for name, state in self.per_rank.items():
+            os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
+            torch.save(state(), os.path.join(tmp_dir, name, f"rank{self.rank}.pt"))
         dist.barrier()
         if self.rank == 0:
             _write_json(os.path.join(tmp_dir, "trainer_state.json"), trainer_state)
@@ -145,3 +150,8 @@ class CheckpointManager:
                 set_rng_state(json.load(f))
         self.last_tag = tag
         return trainer_state
+
+    def load_per_rank(self, path: str, name: str) -> Optional[dict]:
+        """This rank's saved `name` state of the checkpoint at `path` (None when it was saved without)."""
+        file = os.path.join(os.path.abspath(path.rstrip("/")), name, f"rank{self.rank}.pt")
+        return torch.load(file, map_location="cpu", weights_only=True) if os.path.isfile(file) else None

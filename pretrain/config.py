@@ -37,6 +37,9 @@ class ModelConfig:
     # A locked HF text tower's outputs are computed once over the training shards and stored beside
     # them (SHARDS/embeddings/text-<hash>/); the trainer reads them instead of running the tower.
     text_cache: bool = True
+    # Model EMA of the fp32 master weights (pretrain/ema.py), e.g. 0.999; null = off. Exported as its own
+    # open_clip local-dir, RUN/export-ema/.
+    ema_decay: Optional[float] = None
 
 
 LOSS_KINDS = ("infonce", "siglip")
@@ -173,6 +176,12 @@ def validate(cfg: RunConfig) -> None:
                           "missing the cross-rank terms); set loss.gather_with_grad=true or loss.local_loss=false")
     if cfg.loss.kind == "siglip" and cfg.loss.impl == "tiled":
         raise ConfigError("loss.impl=tiled is implemented for loss.kind=infonce only; use loss.impl=naive with siglip")
+    if cfg.model.ema_decay is not None and not 0 < cfg.model.ema_decay < 1:
+        raise ConfigError(f"model.ema_decay={cfg.model.ema_decay}: must be in (0, 1), e.g. 0.999, or null (off)")
+    if cfg.data.captions_per_sample > 1 and (cfg.loss.local_loss or cfg.loss.impl == "tiled"):
+        raise ConfigError(f"data.captions_per_sample={cfg.data.captions_per_sample} needs the global naive loss "
+                          "(its positives span ranks); set loss.local_loss=false loss.impl=naive, or "
+                          "data.captions_per_sample=1")
     if cfg.loss.tile_size < 1:
         raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
     lengths = [k for k in RUN_LENGTH_KEYS if getattr(cfg.train, k) is not None]

@@ -47,15 +47,18 @@ def consolidated_state_dict(engine) -> Dict[str, torch.Tensor]:
     return {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
 
 
-def write_export(state: Dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg: dict, run_dir: str) -> str:
-    """model.pt + export/ (local-dir), each written to a temp name and renamed into place."""
+def write_export(state: Dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg: dict, run_dir: str,
+                 folder: str = "export", model_pt: bool = True) -> str:
+    """model.pt (unless model_pt=False) + RUN/<folder>/ (local-dir), each written to a temp name and renamed
+    into place. The EMA weights go to RUN/export-ema/ alone."""
     from safetensors.torch import save_file
 
     os.makedirs(run_dir, exist_ok=True)
-    tmp = os.path.join(run_dir, f"model.pt.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, os.path.join(run_dir, "model.pt"))
-    export_dir = os.path.join(run_dir, "export")
+    if model_pt:
+        tmp = os.path.join(run_dir, f"model.pt.tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(run_dir, "model.pt"))
+    export_dir = os.path.join(run_dir, folder)
     os.makedirs(export_dir, exist_ok=True)
     tmp = os.path.join(export_dir, f".tmp{os.getpid()}.safetensors")
     save_file({k: v.contiguous() for k, v in state.items()}, tmp)
@@ -73,8 +76,9 @@ def write_export(state: Dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg
     return export_dir
 
 
-def export_model(engine, model_cfg: dict, preprocess_cfg: dict, run_dir: str) -> None:
+def export_model(engine, model_cfg: dict, preprocess_cfg: dict, run_dir: str, folder: str = "export",
+                 model_pt: bool = True) -> None:
     state = consolidated_state_dict(engine)
     if dist.get_rank() == 0:
-        write_export(state, model_cfg, preprocess_cfg, run_dir)
+        write_export(state, model_cfg, preprocess_cfg, run_dir, folder, model_pt)
     dist.barrier()

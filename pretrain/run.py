@@ -19,6 +19,7 @@ import torch
 from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
 from pretrain.config import RunConfig, check_batch_split, save_config
 from pretrain.engine import build_engine, init_distributed
+from pretrain.ema import ModelEMA
 from pretrain.export import export_model
 from pretrain.loss import build_loss
 from pretrain.metrics import MetricsLogger, eval_line
@@ -123,11 +124,20 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
                                     cfg.checkpoint.keep_last, rank)
     state = {"step": 0, "samples_seen": 0, "nonfinite_total": 0, "nonfinite_consecutive": 0}
     data_state = None
+    ema = ModelEMA(engine, cfg.model.ema_decay) if cfg.model.ema_decay is not None else None
+    if ema is not None:
+        checkpoints.per_rank["ema"] = ema.state_dict
     path = _resume_path(cfg, checkpoints)
     if path is not None:
         saved = checkpoints.load(engine, path)
         data_state = saved.pop("data", None)
         state.update({k: saved[k] for k in state})
+        saved_ema = checkpoints.load_per_rank(path, "ema") if ema is not None else None
+        if saved_ema is not None:
+            ema.load_state_dict(saved_ema)
+        elif ema is not None and state["step"] > 0:  # EMA switched on mid-run: it starts from these weights
+            ema = ModelEMA(engine, cfg.model.ema_decay)
+            checkpoints.per_rank["ema"] = ema.state_dict
         if rank == 0:
             print(f"resumed from {path} at step {state['step']} ({state['samples_seen']} samples seen)",
                   file=sys.stderr)
@@ -150,7 +160,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
                       total_steps=total, mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
-                      preempt=preempt, evaluate=evaluate)
+                      preempt=preempt, evaluate=evaluate, ema=ema)
     code = train_loop(trainer, _epochs(loader), loader.state_dict, lambda: dict(loader.counters), state)
     if code == 0 and evaluate is not None and not (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0):
         evaluate(state["step"])  # the final model is always evaluated when there is a val set
@@ -160,7 +170,10 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
             checkpoints.save(engine, dict(state, data=loader.state_dict()))
         if cfg.checkpoint.export_at_end:
             export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir)
+            if ema is not None:
+                with ema.swapped_in():
+                    export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir, "export-ema", model_pt=False)
             if rank == 0:
-                print(f"exported {os.path.join(run_dir, 'model.pt')} and {os.path.join(run_dir, 'export')}",
-                      file=sys.stderr)
+                print(f"exported {os.path.join(run_dir, 'model.pt')} and {os.path.join(run_dir, 'export')}"
+                      + (f" (EMA: {os.path.join(run_dir, 'export-ema')})" if ema is not None else ""), file=sys.stderr)
     return code

@@ -25,7 +25,7 @@ from pretrain.config import RUN_INFO_KEY, ConfigError, RunConfig, load_config
 # Dotted keys (or prefixes ending in ".") that may differ between a run and its resumption.
 SAFE_CHANGES = ("train.steps", "train.samples", "train.epochs", "train.log_every", "train.max_nonfinite_steps",
                 "train.run_dir", "train.device", "optim.", "eval.", "checkpoint.", "data.workers", "data.prefetch",
-                "data.val_path", "model.grad_checkpointing")
+                "data.val_path", "model.grad_checkpointing", "model.text_cache", "model.ema_decay")
 # DeepSpeed names one optimizer-state file per data-parallel rank (bf16_ prefix for its bf16 optimizer).
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 

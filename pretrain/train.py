@@ -32,6 +32,7 @@ class Trainer:
     metrics: MetricsLogger
     preempt: PreemptionFlag
     evaluate: Optional[Callable[[int], dict]] = None  # periodic retrieval eval (every rank calls it)
+    ema: Any = None  # pretrain.ema.ModelEMA, updated after every applied step
 
 
 def text_input(batch: dict, dtype: torch.dtype, device) -> TextInput:
@@ -73,6 +74,8 @@ def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dic
         state["samples_seen"] += cfg.train.global_batch_size
         if result.applied:
             state["nonfinite_consecutive"] = 0
+            if t.ema is not None:
+                t.ema.update()
         else:
             state["nonfinite_total"] += 1
             state["nonfinite_consecutive"] += 1

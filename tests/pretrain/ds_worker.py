@@ -166,12 +166,14 @@ def main(mode: str, out: str) -> None:
         export_probe(out, 3)
     elif mode in ("resume-a", "resume-b"):
         for stage in (2, 3):
+            # With a model EMA: its fragments are saved per rank and restored (pretrain/ema.py).
+            ema = "model.ema_decay=0.9"
             if mode == "resume-a":
-                codes[f"full_z{stage}"] = run(config(out, f"full_z{stage}", stage, "fp32", 5), synthetic_factory)
-                codes[f"cut_z{stage}"] = run(config(out, f"cut_z{stage}", stage, "fp32", 5), synthetic_factory,
+                codes[f"full_z{stage}"] = run(config(out, f"full_z{stage}", stage, "fp32", 5, 8, ema), synthetic_factory)
+                codes[f"cut_z{stage}"] = run(config(out, f"cut_z{stage}", stage, "fp32", 5, 8, ema), synthetic_factory,
                                              sigterm_at(2))
             else:
-                codes[f"cut_z{stage}"] = run(config(out, f"cut_z{stage}", stage, "fp32", 5, 8,
+                codes[f"cut_z{stage}"] = run(config(out, f"cut_z{stage}", stage, "fp32", 5, 8, ema,
                                                     "checkpoint.resume=latest"), synthetic_factory)
     if dist.get_rank() == 0:
         with open(f"{out}/{mode}.codes", "w") as f:

@@ -33,6 +33,9 @@ def test_dotted_overrides_apply_with_types():
     (["data.mode=stream"], "data.mode"),
     (["optim.lr"], "dotted.key=value"),
     (["model.hf_text_dir=/does/not/exist"], "model.hf_text_dir"),
+    (["data.captions_per_sample=0"], "data.captions_per_sample"),
+    (["data.captions_per_sample=5", "loss.impl=tiled"], "needs the global naive loss"),
+    (["data.captions_per_sample=5", "loss.local_loss=true"], "needs the global naive loss"),
 ])
 def test_invalid_configs_give_one_line_naming_the_key(overrides, expected):
     with pytest.raises(ConfigError) as err:

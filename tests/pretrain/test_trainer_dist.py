@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -172,3 +173,8 @@ def test_sigterm_checkpoint_and_resume_equal_the_uninterrupted_run(resumed, stag
     full, cut = losses(out / f"full_z{stage}"), losses(out / f"cut_z{stage}")
     assert len(full) == 5 and cut == full
     assert max_diff(weights(out / f"cut_z{stage}"), weights(out / f"full_z{stage}")) == 0.0
+    # The model EMA: restored exactly on resume, and really an average (not the final weights).
+    cut_ema, full_ema = (load_file(out / name / "export-ema" / "open_clip_model.safetensors")
+                         for name in (f"cut_z{stage}", f"full_z{stage}"))
+    assert max_diff(cut_ema, full_ema) == 0.0
+    assert max_diff(full_ema, weights(out / f"full_z{stage}")) > 1e-6
