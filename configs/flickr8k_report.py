@@ -12,9 +12,13 @@ import json
 import os
 import platform
 import re
+import sys
 
 import matplotlib
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import section, with_section  # noqa: E402  (markdown sections: one home)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,24 +111,51 @@ def machine(out_dir: str) -> str:
     return text
 
 
+def recipe_text(r: dict) -> str:
+    c = r["cfg"]
+    k = c["data"].get("captions_per_sample", 1)
+    cached = c["model"].get("hf_text_dir") and c["model"].get("lock_text") and c["model"].get("text_cache", True)
+    return (f"{c['deepspeed']['precision']}, lr {c['optim']['lr']:g}, wd {c['optim']['weight_decay']:g}, "
+            f"{k} caption{'s' if k > 1 else ''}/visit" + (", text tower cached" if cached else ""))
+
+
+def peer_rows(learning_json: str, ncols: int) -> list:
+    """Rows of bench/learning.py's runs (open_clip_train and clipforge at its settings), same columns
+    where known: test mean R@10 and wall time."""
+    if not learning_json or not os.path.isfile(learning_json):
+        return []
+    with open(learning_json) as f:
+        runs = json.load(f)
+    rows = []
+    for r in runs:
+        if r["name"].startswith("recipe-"):
+            continue  # the recipes are the rows above
+        cells = [f"{r['name']} ({r['trainer']})", "same model shape (configs/models/flickr8k-vit-p8.json)",
+                 "1,170", "149,760", f"{r['wall_s'] / 60:.1f} min", "batch 128, lr 0.001, wd 0.2, fp32, 1 caption"]
+        cells += ["-"] * (ncols - len(cells) - 1) + [pct(r["test"])]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def results_md(runs, loss_png: str, dev_png: str, results: str, out_dir: str) -> str:
+def results_md(runs, loss_png: str, dev_png: str, results: str, out_dir: str, learning_json: str = None) -> str:
     rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(results)))  # noqa: E731
     chance = runs[0]["test"]["clipforge"]["chance"]
-    head = ["variant", "model", "steps", "samples seen", "wall time"]
+    head = ["variant", "model", "steps", "samples seen", "wall time", "settings"]
     head += [f"{label} R@{k}" for key, label in METRICS for k in KS] + ["mean R@10"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         m = r["test"]["metrics"]
         epochs = r["samples"] / r["train_size"]
         cells = [r["name"], model_text(r), str(r["steps"]), f"{r['samples']:,} ({epochs:.1f} epochs)",
-                 f"{r['wall_s'] / 60:.1f} min"]
+                 f"{r['wall_s'] / 60:.1f} min", recipe_text(r)]
         cells += [pct(m[f"{key}{k}"]) for key, _ in METRICS for k in KS] + [pct(m["mean_recall@10"])]
         lines.append("| " + " | ".join(cells) + " |")
-    cells = ["chance", "", "", "", ""] + [f"{100 * chance[f'{key}{k}']:.2f}" for key, _ in METRICS for k in KS]
+    lines += peer_rows(learning_json, len(head))
+    cells = ["chance", "", "", "", "", ""] + [f"{100 * chance[f'{key}{k}']:.2f}" for key, _ in METRICS for k in KS]
     lines.append("| " + " | ".join(cells + [f"{100 * chance['mean_recall@10']:.2f}"]) + " |")
     return "\n".join([
         "# Results: Flickr8k retrieval, trained on CPU",
@@ -135,9 +166,11 @@ def results_md(runs, loss_png: str, dev_png: str, results: str, out_dir: str) ->
         "on the dev split. Recall in %; text→image = `image_retrieval_recall@k`, image→text =",
         "`text_retrieval_recall@k` (a hit when any of the image's 5 captions is in the top k).",
         "",
-        f"Machine: {machine(out_dir)}. Both variants: 2 ranks (torchrun, gloo), DeepSpeed ZeRO-2, fp32,",
-        "global batch 128, AdamW + cosine schedule, train split 6,000 images, one random caption of 5 per visit.",
-        "Wall time: the whole `clipforge launch local` (DeepSpeed start-up and export included).",
+        f"Machine: {machine(out_dir)}. Both variants: 2 ranks (torchrun, gloo), DeepSpeed ZeRO-2,",
+        "global batch 128, AdamW + cosine schedule, train split 6,000 images; precision and captions per visit",
+        "in the settings column. Wall time: the whole `clipforge launch local` (DeepSpeed start-up, the",
+        "text-tower cache and export included). Rows below the recipes: the peer runs of `make bench-learning`",
+        "(bench/learning.py) on the same shards and test split, where it has run (runs/bench-learning/).",
         "",
         *lines,
         "",
@@ -161,12 +194,17 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--results", default="RESULTS.md")
     p.add_argument("--figures", default="docs/figures")
+    p.add_argument("--learning", default="runs/bench-learning/learning.json",
+                   help="bench/learning.py's results: its peer runs join the table")
     args = p.parse_args(argv)
     runs = [load_run(r) for r in args.runs]
     out_dir = os.path.dirname(os.path.abspath(args.runs[0]))
     loss_png, dev_png = plot(runs, args.figures)
+    old = open(args.results).read() if os.path.isfile(args.results) else ""
+    text = results_md(runs, loss_png, dev_png, args.results, out_dir, args.learning)
+    kept = section(old, "side-by-side")  # bench/learning.py's own table, written by `make bench-learning`
     with open(args.results, "w") as f:
-        f.write(results_md(runs, loss_png, dev_png, args.results, out_dir))
+        f.write(with_section(text, "side-by-side", kept) if kept is not None else text)
     print(f"wrote {args.results}, {loss_png}, {dev_png}")
     return 0
 

@@ -87,7 +87,8 @@ class BatchDataset(torch.utils.data.Dataset):
     def __init__(self, shard_paths: List[List[str]], *, seed: int, image_size: int,
                  tokenizer: Callable[[List[str]], torch.Tensor], cache_shards: int = 16,
                  source_roots: Optional[List[str]] = None, captions_per_sample: int = 1,
-                 vector_paths: Optional[List[List[str]]] = None, json_caption_sources: Sequence[int] = ()):
+                 vector_paths: Optional[List[List[str]]] = None, vector_dim: int = 0,
+                 json_caption_sources: Sequence[int] = ()):
         """vector_paths: per source, per shard, the stored-embeddings file (data_pipeline.embeddings) whose
         vectors replace the captions' tokens; None = tokenise the captions. json_caption_sources: sources
         converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them)."""
@@ -97,7 +98,7 @@ class BatchDataset(torch.utils.data.Dataset):
         self.cache = ShardCache(cache_shards)
         self.source_roots = source_roots or ["" for _ in shard_paths]
         self.captions_per_sample = captions_per_sample
-        self.vector_paths = vector_paths
+        self.vector_paths, self.vector_dim = vector_paths, vector_dim  # dim: an all-bad batch is still [0, D]
         self.vectors = VectorCache()
         self._empty_tokens = None
 
@@ -161,10 +162,10 @@ class BatchDataset(torch.utils.data.Dataset):
             caption_index.append([c for c, _ in chosen_or_reason])
         out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
                "sample_ids": torch.tensor(ids, dtype=torch.int64),
-               "caption_index": torch.tensor(caption_index, dtype=torch.int64).view(len(keys), -1),
+               "caption_index": torch.tensor(caption_index, dtype=torch.int64).view(len(keys), self.captions_per_sample),
                "request": request}
         if self.vector_paths is not None:  # the locked tower's outputs replace its inputs: no tokens needed
-            out["text_vectors"] = torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, 0)
+            out["text_vectors"] = torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, self.vector_dim)
         else:
             out["tokens"] = (self.tokenizer(captions) if captions else self._no_tokens()).long()
         return out

@@ -146,18 +146,18 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
     if plan.steps_per_epoch == 0:
         raise ValueError(f"global batch size {global_batch_size} is larger than the {plan.samples_per_epoch} samples "
                          f"of an epoch of data.sources; lower the batch size or pass drop_last=False")
-    vector_paths = None
+    vector_paths, vector_dim = None, 0
     if text_store is not None:
         name, model = text_store
         vector_paths = []
         for source, shard_set in zip(data_cfg.sources, shard_sets):
             tars = [s.name for s in shard_set.shards]
-            embeddings.check_store(source.path, name, model, tars)
+            vector_dim = embeddings.check_store(source.path, name, model, tars)["dim"]
             vector_paths.append(embeddings.shard_files(source.path, name, tars))
     dataset = BatchDataset([[s.path for s in shard_set.shards] for shard_set in shard_sets], seed=seed,
                            image_size=image_size, tokenizer=tokenizer,
                            source_roots=[embeddings.dataset_root(s.path) for s in data_cfg.sources],
-                           captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths,
+                           captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths, vector_dim=vector_dim,
                            json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)])
     identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
                 "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
