@@ -68,7 +68,7 @@ def _transform(transform_or_cfg):
     return transform_or_cfg
 
 
-def _embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, need, label_key,
+def embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, need, label_key,
                  progress):
     rank, world = rank_world()
     dataset = open_eval_data(data) if isinstance(data, str) else data
@@ -89,7 +89,7 @@ def _embed_share(model, tokenizer, transform, data, batch_size, device, precisio
     return empty_like_dim(local, module.visual.output_dim)
 
 
-def _skips(comm, local: Embedded):
+def gather_skips(comm, local: Embedded):
     counts, examples = Counter(), {}
     for part_counts, part_examples in comm.gather_objects((dict(local.skipped), local.skipped_examples)):
         counts.update(part_counts)
@@ -102,21 +102,21 @@ def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (
                   device: str = "cpu", precision: str = "fp32", workers: int = 0, tile=DEFAULT_TILE,
                   progress: bool = False) -> EvalRun:
     comm = comm_for_world()
-    local = _embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "captions",
+    local = embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "captions",
                          None, progress)
     sizes = comm.all_gather_cat(torch.tensor([len(local.image_emb), len(local.text_emb)]))
     rank = rank_world()[0]
     image_offset, text_offset = int(sizes[0:2 * rank:2].sum()), int(sizes[1:2 * rank:2].sum())
     images = comm.all_gather_cat(local.image_emb.to(device))
     if len(images) == 0:
-        skipped, _ = _skips(comm, local)
+        skipped, _ = gather_skips(comm, local)
         raise ValueError(f"no usable image-caption pair in the eval data (skipped: {skipped or 'none'})")
     texts = local.text_emb.to(device)
     t2i = (local.text_to_image + image_offset).to(device)
     metrics = retrieval_metrics(texts, t2i, images, recall_k, tile, text_offset, comm)
     per_image = torch.bincount(local.text_to_image, minlength=len(local.image_emb))
     all_per_image = comm.all_gather_cat(per_image)
-    skipped, examples = _skips(comm, local)
+    skipped, examples = gather_skips(comm, local)
     counts = {"images": len(images), "captions": int(all_per_image.sum())}
     return EvalRun("zeroshot_retrieval", metrics, chance_levels(len(images), all_per_image, sorted(set(recall_k))),
                    counts, skipped, examples, local, image_offset, text_offset, {"all_images": images})
@@ -128,7 +128,7 @@ def evaluate_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int
     return run_retrieval(model, tokenizer, transform, data, recall_k, batch_size, device, precision, workers).metrics
 
 
-def _is_index(v) -> bool:
+def is_index(v) -> bool:
     return isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
 
 
@@ -138,7 +138,7 @@ def label_indices(labels: List, classnames: List[str]) -> torch.Tensor:
     position = {name: i for i, name in enumerate(classnames)}
     out = []
     for v in labels:
-        if _is_index(v):
+        if is_index(v):
             out.append(int(v))
         elif v in position:
             out.append(position[v])
@@ -148,20 +148,26 @@ def label_indices(labels: List, classnames: List[str]) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+def classnames_from(comm, labels: List, classnames: Optional[List[str]], label_key: str) -> List[str]:
+    """The given class names, else the sorted distinct label names of every rank (the same list everywhere)."""
+    if classnames is not None:
+        return classnames
+    seen = sorted({v for part in comm.gather_objects(sorted({str(v) for v in labels})) for v in part})
+    if not seen:
+        raise ValueError(f"no sample carries a label under {label_key!r} (KEY.json) or a KEY.cls; "
+                         "set --label-key to the field that holds the class")
+    if any(is_index(v) for v in seen):
+        raise ValueError("the labels are class indices: give --classnames FILE so they can become prompts")
+    return seen
+
+
 def run_classification(model, tokenizer, transform, data, templates, classnames: Optional[List[str]] = None,
                        label_key: str = "label", batch_size: int = 256, device: str = "cpu",
                        precision: str = "fp32", workers: int = 0, progress: bool = False) -> EvalRun:
     comm = comm_for_world()
-    local = _embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "label",
+    local = embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "label",
                          label_key, progress)
-    if classnames is None:  # derived from the labels: every rank must see the same list, so gather them all
-        seen = sorted({v for part in comm.gather_objects(sorted({str(v) for v in local.labels})) for v in part})
-        if not seen:
-            raise ValueError(f"no sample carries a label under {label_key!r} (KEY.json) or a KEY.cls; "
-                             "set --label-key to the field that holds the class")
-        if any(_is_index(v) for v in seen):
-            raise ValueError("the labels are class indices: give --classnames FILE so they can become prompts")
-        classnames = seen
+    classnames = classnames_from(comm, local.labels, classnames, label_key)
     labels = label_indices(local.labels, classnames)
     top = int(comm.all_reduce_max(labels.max() if len(labels) else torch.tensor(-1)))
     if top >= len(classnames):
@@ -174,7 +180,7 @@ def run_classification(model, tokenizer, transform, data, templates, classnames:
                                                              batch_size, device)
     metrics = classification.classification_metrics(local.image_emb.to(device), labels.to(device),
                                                     classifier.float(), comm=comm)
-    skipped, examples = _skips(comm, local)
+    skipped, examples = gather_skips(comm, local)
     n = int(comm.all_reduce_sum(torch.tensor(len(labels))))
     return EvalRun("zeroshot_classification", metrics, classification.chance_levels(len(classnames)),
                    {"images": n, "classes": len(classnames)}, skipped, examples, local,

@@ -40,17 +40,21 @@ def zero_shot_classifier(encode_text: Callable[[torch.Tensor], torch.Tensor], to
     return torch.stack(out)
 
 
+def ranks_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: #classes with a higher logit + #lower-index classes with an equal one (0 = top-1)."""
+    idx = torch.arange(logits.shape[1], device=logits.device)[None]
+    y = labels[:, None]
+    own = logits.gather(1, y)
+    return ((logits > own) | ((logits == own) & (idx < y))).sum(1)
+
+
 def true_class_ranks(image_emb: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor,
                      batch_size: int = 65536) -> torch.Tensor:
-    """Per image: #classes with a higher logit + #lower-index classes with an equal one (0 = top-1)."""
+    """ranks_from_logits of the zero-shot logits 100 * image_emb @ classifier.T, in batches."""
     ranks = []
     cls = classifier.float().T
-    idx = torch.arange(classifier.shape[0], device=classifier.device)[None]
     for a in range(0, len(image_emb), batch_size):
-        logits = 100.0 * image_emb[a:a + batch_size].float() @ cls
-        y = labels[a:a + batch_size, None]
-        own = logits.gather(1, y)
-        ranks.append(((logits > own) | ((logits == own) & (idx < y))).sum(1))
+        ranks.append(ranks_from_logits(100.0 * image_emb[a:a + batch_size].float() @ cls, labels[a:a + batch_size]))
     return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
 
 
@@ -58,13 +62,24 @@ def classification_metrics(image_emb: torch.Tensor, labels: torch.Tensor, classi
                            ks: Sequence[int] = (1, 5), comm: Optional[Comm] = None) -> Dict[str, float]:
     """acc{k} for each k, mean_per_class_recall. Under several ranks pass this rank's images and a Comm:
     only integer counts are reduced, so every world size gives the same numbers."""
-    comm = comm or Comm()
     num_classes = classifier.shape[0]
     labels = labels.to(classifier.device, torch.long)
+    check_labels(labels, num_classes)
+    ranks = true_class_ranks(image_emb.to(classifier.device), labels, classifier)
+    return metrics_from_ranks(ranks, labels, num_classes, ks, comm)
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must be class indices in [0, {num_classes}) (got {int(labels.min())}.."
                          f"{int(labels.max())})")
-    ranks = true_class_ranks(image_emb.to(classifier.device), labels, classifier)
+
+
+def metrics_from_ranks(ranks: torch.Tensor, labels: torch.Tensor, num_classes: int, ks: Sequence[int] = (1, 5),
+                       comm: Optional[Comm] = None) -> Dict[str, float]:
+    """acc{k} = fraction of rank < k (NaN with fewer than k classes), mean_per_class_recall = balanced accuracy
+    of the top-1 (mean over classes present in the labels); counts are summed over ranks by `comm`."""
+    comm = comm or Comm()
     ks = sorted(set(int(k) for k in ks) | {1})
     hits = torch.stack([(ranks < k).sum() for k in ks] + [torch.tensor(len(ranks), device=ranks.device)])
     per_class = torch.stack([torch.bincount(labels, minlength=num_classes),

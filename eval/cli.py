@@ -4,9 +4,7 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from typing import List, Optional
 
 import torch
@@ -31,19 +29,29 @@ dir, a DeepSpeed checkpoint dir (any ZeRO stage, consolidated on the fly) or one
 
 
 # CLIP_benchmark's names for the same things.
-TASKS = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classification"}
+TASKS = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classification",
+         "linear_probe": "linear_probe"}
 PEER_FLAGS = {"--recall_k": "recall_k", "--output": "out", "--dataset_root": "data", "--batch_size": "batch_size",
-              "--num_workers": "workers"}
+              "--num_workers": "workers", "--train_split": "train_split", "--val_split": "val_split",
+              "--val_proportion": "val_proportion", "--fewshot_k": "fewshot_k", "--fewshot_lr": "fewshot_lr",
+              "--fewshot_epochs": "fewshot_epochs", "--feature_root": "feature_cache"}
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="clipforge eval", description=__doc__, epilog=EXAMPLES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="what to evaluate (see below)")
-    ap.add_argument("--data", help="shard dataset dir / .tar / brace pattern, or a raw folder "
-                    "or caption file (COCO, Flickr, csv ...) converted into a temp dir first (required)")
-    ap.add_argument("--task", required=True, choices=tuple(TASKS) + tuple(TASKS.values()),
-                    help="retrieval or classification (CLIP_benchmark's zeroshot_* names too)")
+    ap.add_argument("--model", required=True, action="append", help="what to evaluate (see below); "
+                    "repeat it with --suite to compare models side by side")
+    ap.add_argument("--suite", help="a suite YAML (see configs/eval/): every task in it, one JSON each, a summary")
+    ap.add_argument("--out-dir", help="--suite: where the JSONs and summary go (default: the suite's out_dir)")
+    ap.add_argument("--data-root", help="--suite: folder its relative data paths start from (default: the "
+                    "suite's root, else the current dir)")
+    ap.add_argument("--data", help="shard dataset dir / .tar / brace pattern, CLIP_benchmark webdataset dir "
+                    "(DIR/test/*.tar + nshards.txt ...), ImageFolder dir (DIR[/split]/<class>/*.jpg), or a raw "
+                    "folder / caption file (COCO, Flickr, csv ...) converted into a temp dir first")
+    ap.add_argument("--task", choices=tuple(TASKS) + tuple(TASKS.values()),
+                    help="retrieval, classification or linear_probe (CLIP_benchmark's zeroshot_* names too)")
+    ap.add_argument("--split", default="test", help="wds / ImageFolder split to evaluate (default test)")
     ap.add_argument("--out", help="write the CLIP_benchmark-style JSON here")
     ap.add_argument("--model-config", help="model name or model-config JSON for weights without one")
     ap.add_argument("--pretrained", help="local weights file for an open_clip model name")
@@ -53,8 +61,20 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     "(name, or index into --classnames); KEY.cls is used when the field is absent")
     ap.add_argument("--classnames", help="classification: class names file (one per line, JSON list or "
                     "{index: name}); default: the sorted distinct label names")
-    ap.add_argument("--templates", default="imagenet7", help="classification: prompt set (simple, imagenet7, "
-                    "cifar) or a file of templates with {c}")
+    ap.add_argument("--templates", help="classification: prompt set (simple, imagenet7, cifar) or a file of "
+                    "templates with {c} (default: the dataset's zeroshot_classification_templates.txt, else imagenet7)")
+    probe = ap.add_argument_group("linear probe (CLIP_benchmark's procedure; see docs/eval.md)")
+    probe.add_argument("--train-data", help="training images (default: --data's --train-split)")
+    probe.add_argument("--train-split", default="train")
+    probe.add_argument("--val-data", help="validation images that choose the weight decay")
+    probe.add_argument("--val-split", help="or a split of --data that does")
+    probe.add_argument("--val-proportion", type=float, default=0.2,
+                       help="without a val split: this share of train does (0: no sweep, weight decay 0)")
+    probe.add_argument("--fewshot-k", type=int, default=-1, help="training samples per class (-1: all)")
+    probe.add_argument("--fewshot-lr", type=float, default=0.1)
+    probe.add_argument("--fewshot-epochs", type=int, default=10)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--feature-cache", help="cache features here (default: features/ beside --out)")
     ap.add_argument("--convert-dir", help="raw --data: convert into this dir and keep it (default: a temp dir, "
                     "removed at the end)")
     ap.add_argument("--dataset-name", help="the JSON's 'dataset' (default: the --data folder's name)")
@@ -71,9 +91,18 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         ap.add_argument(flag, dest=dest, nargs=like.nargs, type=like.type, default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.suite:
+        return args
+    if len(args.model) > 1:
+        ap.error("several --model need --suite (one task compares one model)")
+    args.model = args.model[0]
     if not args.data:
         ap.error("give --data DIR (or CLIP_benchmark's --dataset_root DIR): the shards or raw data to evaluate")
+    if not args.task:
+        ap.error("give --task retrieval|classification|linear_probe (or --suite FILE)")
     args.task = {v: k for k, v in TASKS.items()}.get(args.task, args.task)
+    if args.report and args.task == "linear_probe":
+        ap.error("--report shows example queries of retrieval / classification; a linear probe has none")
     try:
         args.recall_k = sorted({int(k) for part in args.recall_k for k in part.split(",") if k.strip()})
     except ValueError:
@@ -106,89 +135,62 @@ def _quiet(enabled: bool):
                 handler.setStream(sys.stdout)
 
 
-def _device(args) -> str:
-    if args.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return args.device
+def runtime(args, device_flag: str):
+    """The device / precision / batch settings every task of this process shares."""
+    from eval.distributed import rank_world
+    from eval.tasks import Runtime
+    device = "cuda" if device_flag == "auto" and torch.cuda.is_available() else \
+        ("cpu" if device_flag == "auto" else device_flag)
+    if device == "cuda" and rank_world()[1] > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    precision = args.precision if args.precision != "auto" else ("fp32" if device == "cpu" else "fp16")
+    return Runtime(device=device, precision=precision, batch_size=args.batch_size, workers=args.workers,
+                   progress=not args.quiet, convert_dir=args.convert_dir)
+
+
+def task_spec(args):
+    from eval.probe import ProbeConfig
+    from eval.tasks import TaskSpec
+    probe = ProbeConfig(lr=args.fewshot_lr, epochs=args.fewshot_epochs, batch_size=args.batch_size, seed=args.seed,
+                        fewshot_k=args.fewshot_k)
+    return TaskSpec(task=args.task, data=args.data, name=args.dataset_name, split=args.split, recall_k=args.recall_k,
+                    label_key=args.label_key, classnames=args.classnames, templates=args.templates,
+                    train_data=args.train_data, train_split=args.train_split, val_data=args.val_data,
+                    val_split=args.val_split, val_proportion=args.val_proportion, probe=probe)
 
 
 def _run(args) -> int:
-    from eval.datasets import open_eval_data
+    from eval import report
     from eval.distributed import comm_for_world, init_from_env, rank_world
     from eval.load_model import load_model
+    from eval.tasks import cleanup, run_task
 
     init_from_env()
     rank, world = rank_world()
-    device = _device(args)
-    if device == "cuda" and world > 1:
-        device = f"cuda:{torch.cuda.current_device()}"
-    precision = args.precision if args.precision != "auto" else ("fp32" if device == "cpu" else "fp16")
+    rt = runtime(args, args.device)
+    rt.feature_cache = args.feature_cache or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "features")
+                                              if args.out else None)
     with _quiet(args.quiet):
         loaded = load_model(args.model, args.model_config, args.pretrained)
-    loaded.model.to(device)
-    data, temp = _open_data(args, open_eval_data, comm_for_world(), rank, loaded.preprocess_cfg)
+    loaded.model.to(rt.device)
     try:
-        return _evaluate(args, loaded, data, device, precision, rank, world)
+        run, source, extra = run_task(task_spec(args), loaded, rt)
+        ex = report.examples(run, comm_for_world(), args.report_examples, 5) \
+            if args.report and run.task != "linear_probe" else None
+        if rank == 0:
+            print(report.table(run, f"clipforge eval: {run.task} of {loaded.name} on {source.name} "
+                                    f"({rt.precision}, {world} rank(s))"))
+            extra.update(precision=rt.precision, world_size=world)
+            if args.out:
+                report.write_json(args.out, report.result_json(run, source.name, loaded.name, loaded.pretrained,
+                                                               extra))
+                print(f"wrote {args.out}")
+            if ex is not None:
+                report.write_report(args.report, run, ex, source.data, f"{run.task}: {loaded.name} on {source.name}")
+                print(f"wrote {args.report}")
+        return 0
     finally:
-        if temp is not None:
-            if world > 1:
-                torch.distributed.barrier()
-            if rank == 0:
-                shutil.rmtree(temp, ignore_errors=True)
-
-
-def _evaluate(args, loaded, data, device: str, precision: str, rank: int, world: int) -> int:
-    from eval import api, report
-    from eval.distributed import comm_for_world
-    from eval.templates import load_classnames, load_templates
-    common = dict(batch_size=args.batch_size, device=device, precision=precision, workers=args.workers)
-    if args.task == "retrieval":
-        run = api.run_retrieval(loaded.model, loaded.tokenizer, loaded.transform, data, args.recall_k,
-                                progress=not args.quiet, **common)
-    else:
-        templates = load_templates(args.templates)
-        names = load_classnames(args.classnames) if args.classnames else None
-        run = api.run_classification(loaded.model, loaded.tokenizer, loaded.transform, data, templates, names,
-                                     args.label_key, progress=not args.quiet, **common)
-    ex = report.examples(run, comm_for_world(), args.report_examples, 5) if args.report else None
-    if rank == 0:
-        dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data.split("{")[0])) or args.data
-        print(report.table(run, f"clipforge eval: {run.task} of {loaded.name} on {dataset} "
-                                f"({precision}, {world} rank(s))"))
-        extra = {"precision": precision, "world_size": world, "data": args.data}
-        if run.task == "zeroshot_classification":  # what decides the classifier: enough to re-run it
-            extra.update(templates=args.templates, prompts=templates,
-                         classnames_file=args.classnames, classnames=run.extra["classnames"], label_key=args.label_key)
-        else:
-            extra["recall_k"] = args.recall_k
-        if args.out:
-            report.write_json(args.out, report.result_json(run, dataset, loaded.name, loaded.pretrained, extra))
-            print(f"wrote {args.out}")
-        if args.report:
-            report.write_report(args.report, run, ex, data, f"{run.task}: {loaded.name} on {dataset}")
-            print(f"wrote {args.report}")
-    return 0
-
-
-def _open_data(args, open_eval_data, comm, rank: int, preprocess_cfg):
-    """-> (shards, temp dir to remove or None). Shards are used as they are; a raw folder / caption file is
-    converted once (rank 0; every rank then opens the result) at >= 256 px (the val transform resizes)."""
-    from eval.datasets import _is_shard_spec
-    if _is_shard_spec(args.data):
-        return open_eval_data(args.data), None
-    size = preprocess_cfg.get("size", 224)
-    size = size if isinstance(size, int) else max(size)
-    out = None
-    if rank == 0:
-        target = args.convert_dir or tempfile.mkdtemp(prefix="clipforge-eval-")
-        try:
-            out = open_eval_data(args.data, convert_dir=target, image_size=max(256, size)).spec
-        except BaseException:
-            if not args.convert_dir:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
-    out = comm.gather_objects(out)[0]
-    return open_eval_data(out), (None if args.convert_dir else out)
+        cleanup(rt)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -198,6 +200,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from eval.load_model import ModelLoadError
     from eval.templates import TemplateError
     try:
+        if args.suite:
+            from eval.suite import run_suite_cli
+            return run_suite_cli(args)
         return _run(args)
     except (EvalDataError, ShardError, ModelLoadError, TemplateError, ValueError, FileNotFoundError) as e:
         print(f"clipforge eval: error: {e}", file=sys.stderr)

@@ -15,12 +15,13 @@ import functools
 import io
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from PIL import Image
 
 from data_pipeline.shards import ShardError, ShardSet, decode_sample, index_tar, open_shards, read_member
+from eval.folders import FolderRange, ImageFolderSet
 
 
 class EvalDataError(ValueError):
@@ -141,9 +142,10 @@ def collate(items: List[dict], need: str) -> dict:
             "skipped": [(reason, f"{it['shard']}:{it['key']}") for it, reason in skipped]}
 
 
-def eval_loader(data: ShardSet, start: int, end: int, transform: Callable, batch_size: int, need: str,
-                label_key: Optional[str] = "label", workers: int = 0):
+def eval_loader(data: Union[ShardSet, ImageFolderSet], start: int, end: int, transform: Callable, batch_size: int,
+                need: str, label_key: Optional[str] = "label", workers: int = 0):
     """Batches of samples [start, end) in order; start must be a multiple of batch_size (rank_share's)."""
-    dataset = SampleRange(data, start, end, transform, label_key)
+    ranged = FolderRange if isinstance(data, ImageFolderSet) else SampleRange
+    dataset = ranged(data, start, end, transform, label_key)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                        collate_fn=functools.partial(collate, need=need))

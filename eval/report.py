@@ -35,12 +35,25 @@ def labelled(key: str) -> str:
     return f"{key} ({direction})" if direction else key
 
 
+def rates(metrics: Dict) -> Dict:
+    """The metrics that are fractions (shown as %): a linear probe's settings and its CLIP_benchmark-named
+    copies (lp_*) are left out of the tables."""
+    return {k: v for k, v in metrics.items() if not k.startswith("lp_") and k not in PROBE_SETTINGS}
+
+
+PROBE_SETTINGS = ("weight_decay", "epochs", "seed", "fewshot_k", "normalized")
+
+
 def table(run, title: str) -> str:
-    """Plain-text table: metric (with its direction), value (%), chance (%)."""
-    width = max(len(labelled(k)) for k in run.metrics)
+    """Plain-text table: metric (with its direction), value (%), chance (%); a linear probe's chosen
+    weight decay below it."""
+    shown = rates(run.metrics)
+    width = max(len(labelled(k)) for k in shown)
     lines = [title, f"{'metric'.ljust(width)}  {'value %':>8}  {'chance %':>8}"]
-    for key, value in run.metrics.items():
+    for key, value in shown.items():
         lines.append(f"{labelled(key).ljust(width)}  {_fmt(value):>8}  {_fmt(run.chance.get(key)):>8}")
+    if "weight_decay" in run.metrics:
+        lines.append(f"(weight decay chosen on val: {run.metrics['weight_decay']:.4g})")
     counts = ", ".join(f"{v:,} {k}" for k, v in run.counts.items())
     skipped = ", ".join(f"{n} {reason} (e.g. {run.skipped_examples[reason]})" for reason, n in run.skipped.items())
     lines.append(f"({counts}; skipped: {skipped or 'none'})")
@@ -112,7 +125,7 @@ def examples(run, comm, num: int, k: int) -> Dict:
 def thumbnails(data: ShardSet, keys: List[str], size: int = 96) -> Dict[str, bytes]:
     """JPEG thumbnails of the samples with these keys (scans tar headers; reads only those images)."""
     wanted, out = set(keys), {}
-    for shard in data.shards:
+    for shard in getattr(data, "shards", []):  # an ImageFolder has no shards: the report names its files
         entries = [e for e in index_tar(shard.path).samples if e.key in wanted]
         with open(shard.path, "rb") as f:
             for entry in entries:
