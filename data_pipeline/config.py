@@ -36,6 +36,10 @@ class DataConfig:
     # Captions of an image per visit (distinct lines of KEY.txt, seeded; cycled when an image has fewer).
     # The loss treats all of them as positives of the image (pretrain/loss.py), never as its negatives.
     captions_per_sample: int = 1
+    # Train augmentation: RandomResizedCrop area range (open_clip's default 0.9-1.0) and a horizontal
+    # flip with probability 1/2 (off by default, as in open_clip). Both seeded per sample position.
+    crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
+    hflip: bool = False
 
     def validate(self) -> None:
         if self.mode not in LOADER_MODES:
@@ -49,6 +53,8 @@ class DataConfig:
                 raise ValueError(f"data.sources[{i}].weight={source.weight}: must be > 0")
         if self.shuffle_window < 1:
             raise ValueError(f"data.shuffle_window={self.shuffle_window}: must be >= 1 (1 = no sample shuffle)")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"data.crop_scale={list(self.crop_scale)}: give [min, max] with 0 < min <= max <= 1")
         if self.captions_per_sample < 1:
             raise ValueError(f"data.captions_per_sample={self.captions_per_sample}: must be >= 1")
         if self.workers < 0:

@@ -88,7 +88,7 @@ class BatchDataset(torch.utils.data.Dataset):
                  tokenizer: Callable[[List[str]], torch.Tensor], cache_shards: int = 16,
                  source_roots: Optional[List[str]] = None, captions_per_sample: int = 1,
                  vector_paths: Optional[List[List[str]]] = None, vector_dim: int = 0,
-                 json_caption_sources: Sequence[int] = ()):
+                 json_caption_sources: Sequence[int] = (), crop_scale=(0.9, 1.0), hflip: bool = False):
         """vector_paths: per source, per shard, the stored-embeddings file (data_pipeline.embeddings) whose
         vectors replace the captions' tokens; None = tokenise the captions. json_caption_sources: sources
         converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them)."""
@@ -98,6 +98,7 @@ class BatchDataset(torch.utils.data.Dataset):
         self.cache = ShardCache(cache_shards)
         self.source_roots = source_roots or ["" for _ in shard_paths]
         self.captions_per_sample = captions_per_sample
+        self.crop_scale, self.hflip = tuple(crop_scale), hflip
         self.vector_paths, self.vector_dim = vector_paths, vector_dim  # dim: an all-bad batch is still [0, D]
         self.vectors = VectorCache()
         self._empty_tokens = None
@@ -130,7 +131,7 @@ class BatchDataset(torch.utils.data.Dataset):
         rng = hashing.rng(self.seed, hashing.SAMPLE_AUGMENT, position)
         chosen = [(c, captions[c]) for c in caption_choice(len(captions), self.captions_per_sample, rng)]
         try:
-            image = train_image(image_bytes, ext, self.image_size, rng)
+            image = train_image(image_bytes, ext, self.image_size, rng, self.crop_scale, self.hflip)
         except DecodeError:
             return None, CORRUPT_IMAGE, None
         return entry.key, chosen, image

@@ -21,9 +21,6 @@ from PIL import Image
 
 TRAIN_SCALE = (0.9, 1.0)  # open_clip AugmentationCfg().scale
 TRAIN_RATIO = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop default
-# The crop's shorter side is at least sqrt(0.9 * 3/4) = 0.82 of the image's: decoding at a reduced
-# scale is safe while the decoded shorter side stays >= size / 0.8.
-_CROP_MIN_FRACTION = 0.8
 # Parallelism is the loader's worker processes; OpenCV's own thread pool would oversubscribe the cores.
 cv2.setNumThreads(1)
 
@@ -91,13 +88,21 @@ def resize_crop(image: np.ndarray, box, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=interpolation)
 
 
-def min_decode_side(size: int) -> int:
-    """The smallest decoded shorter side that still gives every train crop >= size pixels."""
-    return math.ceil(size / _CROP_MIN_FRACTION)
+def min_decode_side(size: int, scale=TRAIN_SCALE) -> int:
+    """The smallest decoded shorter side that still gives every train crop >= size pixels: a crop's
+    shorter side is at least sqrt(scale_min * 3/4) of the image's (0.82 at open_clip's 0.9; 0.61 at 0.5),
+    rounded down to a tenth for margin, so reduced-scale JPEG decoding never upsamples a crop."""
+    fraction = math.floor(10 * math.sqrt(scale[0] * TRAIN_RATIO[0])) / 10
+    return math.ceil(size / fraction)
 
 
-def train_image(data: bytes, ext: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Encoded image -> uint8 [3, size, size], open_clip's train crop with this sample's RNG."""
-    image = decode_rgb(data, ext, min_short_side=min_decode_side(size))
-    box = random_resized_crop_box(image.shape[0], image.shape[1], rng)
-    return resize_crop(image, box, size).transpose(2, 0, 1)
+def train_image(data: bytes, ext: str, size: int, rng: np.random.Generator, scale=TRAIN_SCALE,
+                hflip: bool = False) -> np.ndarray:
+    """Encoded image -> uint8 [3, size, size], open_clip's train crop (area `scale`) with this sample's
+    RNG; hflip: mirrored with probability 1/2 (drawn after the crop, so the crops are those without it)."""
+    image = decode_rgb(data, ext, min_short_side=min_decode_side(size, scale))
+    box = random_resized_crop_box(image.shape[0], image.shape[1], rng, scale=scale)
+    out = resize_crop(image, box, size)
+    if hflip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

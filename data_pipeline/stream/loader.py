@@ -158,7 +158,8 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
                            image_size=image_size, tokenizer=tokenizer,
                            source_roots=[embeddings.dataset_root(s.path) for s in data_cfg.sources],
                            captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths, vector_dim=vector_dim,
-                           json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)])
+                           json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)],
+                           crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip)
     identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
                 "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
                 "samples_per_source": [shard_set.num_samples for shard_set in shard_sets],

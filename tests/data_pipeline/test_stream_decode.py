@@ -107,3 +107,29 @@ def test_corrupt_bytes_raise_decode_error():
         decode_rgb(b"\xff\xd8\xff garbage", "jpg")
     with pytest.raises(DecodeError):
         decode_rgb(b"", "png")
+
+
+def test_hflip_mirrors_half_the_samples_and_keeps_their_crops():
+    rng_image = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng_image.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
+    mirrored = 0
+    for seed in range(40):
+        plain = train_image(buf.getvalue(), "png", 32, np.random.default_rng(seed))
+        maybe = train_image(buf.getvalue(), "png", 32, np.random.default_rng(seed), hflip=True)
+        assert maybe.flags["C_CONTIGUOUS"]
+        if not np.array_equal(plain, maybe):
+            assert np.array_equal(plain[:, :, ::-1], maybe)  # the same crop, mirrored
+            mirrored += 1
+    assert 10 <= mirrored <= 30
+
+
+def test_crop_scale_sets_the_area_range_and_the_decode_side():
+    rng = np.random.default_rng(1)
+    areas = []
+    for _ in range(200):
+        _, _, h, w = random_resized_crop_box(300, 400, rng, scale=(0.5, 0.6))
+        areas.append(h * w / (300 * 400))
+    assert 0.48 <= min(areas) and max(areas) <= 0.62 and max(areas) - min(areas) > 0.05
+    assert min_decode_side(64) == 80  # open_clip's 0.9: shorter crop side >= 0.8 of the image's
+    assert min_decode_side(64, (0.5, 1.0)) == 107  # sqrt(0.5 * 3/4) = 0.61 -> 0.6
