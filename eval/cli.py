@@ -198,13 +198,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from data_pipeline.shards import ShardError
     from eval.datasets import EvalDataError
     from eval.load_model import ModelLoadError
+    from eval.suite import SuiteError
     from eval.templates import TemplateError
     try:
         if args.suite:
             from eval.suite import run_suite_cli
             return run_suite_cli(args)
         return _run(args)
-    except (EvalDataError, ShardError, ModelLoadError, TemplateError, ValueError, FileNotFoundError) as e:
+    except (EvalDataError, ShardError, ModelLoadError, TemplateError, SuiteError, ValueError, FileNotFoundError) as e:
         print(f"clipforge eval: error: {e}", file=sys.stderr)
         return 2
 
