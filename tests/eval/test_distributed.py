@@ -42,3 +42,29 @@ def test_two_ranks_equal_one_rank(eval_shards, tiny_model, tmp_path):
     two, _ = run_eval(2, classification, tmp_path / "c2.json")
     assert two["metrics"] == one["metrics"]
     assert two["clipforge"]["counts"] == {"images": 40, "classes": 6}
+
+
+@pytest.mark.multiprocess
+def test_two_rank_suite_equals_one_rank(eval_shards, tiny_model, tmp_path):
+    """Every task of a suite under 2 ranks (linear probe features gathered from both) = 1 rank."""
+    root, _ = tiny_model
+    (tmp_path / "s.yaml").write_text(
+        f"root: {eval_shards}\ntasks:\n"
+        "  - {name: r, task: retrieval, data: shards}\n"
+        "  - {name: c, task: classification, data: shards, label_key: color, templates: simple}\n"
+        "  - {name: p, task: linear_probe, data: shards, train_data: shards, label_key: shape, fewshot_epochs: 2}\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    outs = {}
+    for nproc in (1, 2):
+        launcher = [sys.executable, "-m"] + ([] if nproc == 1 else
+                                             ["torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"])
+        out = tmp_path / f"out{nproc}"
+        proc = subprocess.run(launcher + ["eval", "--suite", str(tmp_path / "s.yaml"), "--model", str(root / "export"),
+                                          "--out-dir", str(out), "--quiet", "--batch-size", "16"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[nproc] = out
+    for task in ("r", "c", "p"):
+        one, two = (json.loads((outs[n] / "export" / f"{task}.json").read_text()) for n in (1, 2))
+        assert two["metrics"] == one["metrics"] and two["clipforge"]["world_size"] == 2
+    assert (outs[1] / "summary.csv").read_text() == (outs[2] / "summary.csv").read_text()
