@@ -1,4 +1,5 @@
-"""`clipforge eval`: zero-shot retrieval / classification of any checkpoint, CLIP_benchmark-compatible JSON."""
+"""`clipforge eval`: zero-shot retrieval / classification / linear probe of any checkpoint, or a suite of them;
+CLIP_benchmark-compatible JSON."""
 import argparse
 import contextlib
 import io
@@ -21,6 +22,10 @@ EXAMPLES = """examples:
 
 CLIP_benchmark spellings also accepted: --task zeroshot_retrieval|zeroshot_classification, --recall_k 1 5 10,
 --output FILE, --dataset_root DIR, --batch_size N, --num_workers N.
+
+--task linear_probe trains a logistic regression on --train-data (default: --data's train split) with
+CLIP_benchmark's weight-decay sweep; --suite FILE runs a list of tasks for one or more --model (configs/eval/).
+--data also reads CLIP_benchmark's published webdataset dirs and ImageFolder dirs as they are (docs/eval.md).
 
 --model: a run dir (export/, else model.pt, else the latest DeepSpeed checkpoint), local-dir:DIR or an export
 dir, a DeepSpeed checkpoint dir (any ZeRO stage, consolidated on the fly) or one tag in it, a model.pt

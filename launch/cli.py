@@ -9,7 +9,7 @@ COMMANDS = {
     "verify": ("data_pipeline.verify", "re-read a shard dataset and check it against its manifest"),
     "pretrain": ("pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
     "launch": ("launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
-    "eval": ("eval.cli", "zero-shot retrieval / classification, CLIP_benchmark-compatible JSON"),
+    "eval": ("eval.cli", "zero-shot retrieval / classification, linear probe, suites; CLIP_benchmark JSON"),
     "demo": ("launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),
 }
 
