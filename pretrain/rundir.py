@@ -94,6 +94,20 @@ def _flat(cfg: RunConfig) -> Dict[str, object]:
     return dict(walk(container, ""))
 
 
+PATH_KEYS = ("model.name", "model.hf_text_dir", "data.val_path")
+
+
+def _resolved(key: str, value):
+    """Paths compared as the files they name: the demo saves absolute paths, its config file has relative
+    ones, and both mean the same run."""
+    real = lambda p: os.path.realpath(p) if isinstance(p, str) and os.path.exists(p) else p  # noqa: E731
+    if key in PATH_KEYS:
+        return real(value)
+    if key == "data.sources" and isinstance(value, list):
+        return [dict(s, path=real(s.get("path"))) if isinstance(s, dict) else s for s in value]
+    return value
+
+
 def _safe(key: str) -> bool:
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_CHANGES)
 
@@ -125,7 +139,7 @@ def check_resume(cfg: RunConfig, world_size: int) -> Optional[ResumePoint]:
     saved_file = os.path.join(os.path.dirname(os.path.dirname(path)), "config.yaml")
     if os.path.isfile(saved_file):
         old, new = _flat(load_config(saved_file)), _flat(cfg)
-        differ = [k for k in new if old.get(k) != new[k]]
+        differ = [k for k in new if _resolved(k, old.get(k)) != _resolved(k, new[k])]
         breaking = [k for k in differ if not _safe(k)]
         if breaking:
             what = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in breaking)

@@ -16,13 +16,8 @@ from ..example_runner import DEMO, check, help_examples, known_broken, make_layo
 EXAMPLES = help_examples()
 
 # examples that fail as printed for a reason outside this test (strict xfail: a fix makes them XPASS -> drop
-# the entry). Both resume runs/demo/run, which the demo trained with absolute paths.
-RUNDIR_PATHS = ("pretrain/rundir.py compares model.name / data.sources as strings: the demo's run saved absolute "
-                "paths, configs/demo-cpu.yaml has relative ones -> 'cannot resume ... with a changed model.name'")
-BROKEN = {
-    "torchrun --standalone --nproc_per_node=2 -m pretrain --config configs/demo-cpu.yaml train.steps=50": RUNDIR_PATHS,
-    "clipforge pretrain --config configs/demo-cpu.yaml --resume latest train.steps=200 optim.lr=1e-4": RUNDIR_PATHS,
-}
+# the entry). None today.
+BROKEN = {}
 
 
 @pytest.fixture(scope="module")

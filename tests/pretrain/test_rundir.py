@@ -142,3 +142,13 @@ def test_config_yaml_records_version_commit_and_overrides_and_reads_back(tmp_pat
     assert "git_commit:" in text and "world_size: 2" in text
     # a run's config.yaml is itself a valid --config (run_info is ignored when read)
     assert load_config(str(saved)) == load_config(str(config), ["optim.lr=1e-4"])
+
+
+def test_the_same_files_by_relative_paths_resume(tmp_path, monkeypatch):
+    """The demo saves absolute paths; its config file names the same files relatively: the same run."""
+    config = _run_dir(tmp_path)  # saved with absolute model.name and data.sources
+    monkeypatch.chdir(tmp_path)
+    same_model = str(REPO / "configs" / "models" / ".." / "models" / "tiny-vit.json")  # another spelling
+    point = check_resume(load_config(str(config), [f"model.name={same_model}", "data.sources=[{path: shards}]"]),
+                         world_size=2)
+    assert point is not None and point.step == 5 and point.changes == []
