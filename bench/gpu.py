@@ -3,7 +3,7 @@
     python -m bench.gpu            # on a CUDA machine: measures, rewrites BENCHMARKS.md's GPU section
     python -m bench.gpu --quick    # without CUDA: the same code on a tiny model on CPU (logic check)
 
-Training (ViT-B/32, ViT-L/14): one step = clipforge's model (pretrain.model.build_model) forward in
+Training (ViT-B/32, ViT-L/14): one step = clipforge's model (modeling.model.build_model) forward in
 bf16 autocast, clipforge's loss (pretrain.loss, config defaults), backward, torch fused AdamW (fp32
 master weights) on one device, synthetic data in device memory. Not the DeepSpeed engine: its
 ZeRO bookkeeping does not survive the out-of-memory probes of the batch search.
@@ -88,9 +88,9 @@ class TrainBench:
     """One model, optimizer and loss on one device; `step(b)` runs a full training step."""
 
     def __init__(self, name: str, device: torch.device):
-        from pretrain.config import LossConfig, ModelConfig
+        from modeling.config import LossConfig, ModelConfig
         from pretrain.loss import build_loss
-        from pretrain.model import build_model
+        from modeling.model import build_model
         loss_cfg = LossConfig()
         bundle = build_model(ModelConfig(name=name), loss_cfg)   # the model the trainer trains
         self.cfg, self.device = bundle.model_cfg, device

@@ -21,7 +21,7 @@ def naive_loss() -> Callable:
 
 def tiled_loss(tile: int) -> Callable:
     """clipforge's tiled InfoNCE exactly as the trainer builds it (loss.impl=tiled)."""
-    from pretrain.config import LossConfig
+    from modeling.config import LossConfig
     from pretrain.loss import build_loss
     return build_loss(LossConfig(impl="tiled", tile_size=tile), rank=0, world_size=1)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import PeakRSS, cli, result
-from pretrain.config import LossConfig
+from modeling.config import LossConfig
 from pretrain.loss import build_loss
 
 D = 512

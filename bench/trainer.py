@@ -54,7 +54,7 @@ def _rate(times, batch, warmup):
 
 def _clipforge(model_name, batch, steps, warmup, stage, out):
     """out: a fresh run dir (an existing one would be resumed)."""
-    from pretrain.config import load_config
+    from modeling.config import load_config
     from pretrain.run import run
 
     holder = {}
@@ -77,7 +77,7 @@ def _peer(model_name, batch, steps, warmup):
     import torch
     import torch.distributed as dist
     from open_clip.loss import ClipLoss
-    from pretrain.model import instantiate, resolve_model_config
+    from modeling.model import instantiate, resolve_model_config
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -138,10 +138,11 @@ def _engine_bytes(engine) -> dict:
 
 
 def _state_bytes(model_name, stage, precision):
-    from pretrain.config import load_config
-    from pretrain.engine import build_engine, images_to_input, init_distributed
+    from modeling.config import load_config
+    from modeling.preprocess import images_to_input
+    from pretrain.engine import build_engine, init_distributed
     from pretrain.loss import build_loss
-    from pretrain.model import build_model
+    from modeling.model import build_model
     from pretrain.step import train_step
 
     cfg = load_config(None, [f"model.name={model_name}", "data.sources=[{path: memory}]", "train.steps=1",

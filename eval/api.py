@@ -5,8 +5,8 @@
 Works on one process or under torchrun/srun (every rank calls it; each embeds its share of the batches,
 image embeddings are all-gathered, each rank ranks its own captions, integer counts are summed): every
 rank returns the same numbers, equal to a single-process run. The model may be an open_clip model, the
-trainer's wrapper (`.clip`) or a DeepSpeed engine (`.module`), at any ZeRO stage (ZeRO-3's partitioned
-parameters are gathered for the eval, read-only).
+trainer's wrapper or a DeepSpeed engine around it (modeling.model.open_clip_module unwraps them), at any
+ZeRO stage (ZeRO-3's partitioned parameters are gathered for the eval, read-only).
 """
 import contextlib
 from collections import Counter
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from open_clip.transform import PreprocessCfg, image_transform_v2
 
 from eval import classification
 from eval.datasets import eval_loader, open_eval_data, rank_share
@@ -22,6 +21,8 @@ from eval.distributed import comm_for_world, rank_world
 from eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
 from eval.ranking import DEFAULT_TILE
 from eval.retrieval import chance_levels, retrieval_metrics
+from modeling.model import open_clip_module
+from modeling.preprocess import val_transform
 
 
 @dataclass
@@ -36,14 +37,6 @@ class EvalRun:
     image_offset: int = 0  # global index of this rank's first image
     text_offset: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
-
-
-def open_clip_module(model):
-    """The open_clip model inside a DeepSpeed engine / DDP (.module) or the trainer's wrapper (.clip)."""
-    for attr in ("module", "clip"):
-        while hasattr(model, attr) and isinstance(getattr(model, attr), torch.nn.Module):
-            model = getattr(model, attr)
-    return model
 
 
 def is_zero3(module) -> bool:
@@ -61,11 +54,7 @@ def gathered(module):
 
 
 def _transform(transform_or_cfg):
-    if isinstance(transform_or_cfg, dict):
-        keys = ("size", "mean", "std", "interpolation", "resize_mode")
-        return image_transform_v2(PreprocessCfg(**{k: transform_or_cfg[k] for k in keys if k in transform_or_cfg}),
-                                  is_train=False)
-    return transform_or_cfg
+    return val_transform(transform_or_cfg) if isinstance(transform_or_cfg, dict) else transform_or_cfg
 
 
 def embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, need, label_key,

@@ -18,7 +18,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from eval.api import EvalRun, is_index, classnames_from, embed_share, gather_skips, label_indices, open_clip_module
+from eval.api import EvalRun, is_index, classnames_from, embed_share, gather_skips, label_indices
+from modeling.model import open_clip_module
 from eval.classification import chance_levels
 from eval.distributed import comm_for_world, rank_world
 from eval.embed import Embedded

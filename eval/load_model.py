@@ -9,7 +9,7 @@
 The val transform is open_clip's own (image_transform_v2 of the model's preprocess_cfg), so the pixels are
 the ones CLIP_benchmark feeds the same model. Weights load with torch.load(weights_only=True); DeepSpeed
 checkpoints are consolidated with deepspeed.utils.zero_to_fp32. A run's model config comes from its
-config.yaml via pretrain.config / pretrain.model (never the train loop).
+config.yaml via modeling.config / modeling.model (never pretrain).
 """
 import os
 from dataclasses import dataclass
@@ -17,7 +17,10 @@ from typing import Any, Callable, Dict, Optional
 
 import open_clip
 import torch
-from open_clip.transform import PreprocessCfg, image_transform_v2
+
+from modeling.config import load_config
+from modeling.model import final_model_config, instantiate, resolve_model_config, tokenizer_for
+from modeling.preprocess import preprocess_config, val_transform
 
 
 class ModelLoadError(ValueError):
@@ -58,7 +61,6 @@ def _from_local_dir(path: str) -> LoadedModel:
 
 def _run_config_for(path: str):
     """The config.yaml of the run that owns `path` (it, or up to three folders above)."""
-    from pretrain.config import load_config
     here = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
     for _ in range(4):
         candidate = os.path.join(here, "config.yaml")
@@ -70,7 +72,6 @@ def _run_config_for(path: str):
 
 def _model_cfg(path: str, model_config: Optional[str]) -> Dict[str, Any]:
     """Model-config dict: --model-config (name or JSON), a sibling export/, or the run's config.yaml."""
-    from pretrain.model import final_model_config, resolve_model_config
     if model_config:
         return resolve_model_config(model_config)
     sibling = os.path.join(os.path.dirname(os.path.abspath(path)), "export", "open_clip_config.json")
@@ -84,7 +85,6 @@ def _model_cfg(path: str, model_config: Optional[str]) -> Dict[str, Any]:
 
 
 def _build(cfg: Dict[str, Any], state: Dict[str, torch.Tensor], name: str, source: str) -> LoadedModel:
-    from pretrain.model import instantiate, preprocess_config, tokenizer_for
     model = instantiate(cfg, hf_pretrained=False)
     missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
     if missing or unexpected:
@@ -92,7 +92,7 @@ def _build(cfg: Dict[str, Any], state: Dict[str, torch.Tensor], name: str, sourc
                              f"e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]}); "
                              "check --model-config")
     pp = preprocess_config(cfg)
-    transform = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+    transform = val_transform(pp)
     return LoadedModel(model.eval(), tokenizer_for(cfg), transform, pp, name, source)
 
 

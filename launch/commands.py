@@ -1,7 +1,7 @@
 """`clipforge launch local|slurm`: one config -> the right torchrun / sbatch command lines.
 
 Imports no torch or deepspeed (login nodes have neither): the config, its paths and the run dir are
-checked with the torch-free `pretrain.config` / `pretrain.preflight` / `pretrain.rundir` before anything
+checked with the torch-free `modeling.config` / `pretrain.preflight` / `pretrain.rundir` before anything
 is spawned or submitted; the ranks run under `python -m pretrain.torchrun` (torchrun) in a child.
 """
 import argparse
@@ -16,7 +16,7 @@ from typing import List, Optional
 from launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
 from launch.slurm import SlurmOptions, TrainJob, render_train_script, submit, write_script
 from launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
-from pretrain.config import ConfigError, RunConfig, check_batch_split, load_config
+from modeling.config import ConfigError, RunConfig, check_batch_split, load_config
 from pretrain.preflight import preflight, unknown_flag_message
 from pretrain.rundir import already_done, check_resume, describe, finished, target_steps
 

@@ -6,7 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
-from pretrain.config import ConfigError, load_config
+from modeling.config import ConfigError, load_config
 from pretrain.preflight import preflight, unknown_flag_message
 from pretrain.rundir import already_done, check_resume, describe, finished, run_info, target_steps
 
@@ -71,8 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if rank == 0 and point is not None:
         print(f"clipforge pretrain: {describe(point, cfg)}", file=sys.stderr)
     from pretrain.run import run  # torch/deepspeed only after the config is known to be good
+    # The one place pretrain meets eval (tests/test_import_rules.py): the periodic eval is handed down.
+    from eval.periodic import retrieval_evaluator
 
     try:
-        return run(cfg, run_info=run_info(overrides, world))
+        return run(cfg, run_info=run_info(overrides, world), evaluator=retrieval_evaluator)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         return report_error(str(err))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pretrain.config import RunConfig
+from modeling.config import RunConfig
 from pretrain.quiet import quiet_cpu_startup
 
 
@@ -200,13 +200,3 @@ def _check_zero3_gradients_in_every_precision(optimizer) -> None:
         return decide()
 
     optimizer._overflow_check_and_loss_scale_update = check_then_decide
-
-
-def images_to_input(images: torch.Tensor, mean, std, engine) -> torch.Tensor:
-    """uint8 [b,3,H,W] -> normalised float in the engine's dtype, on its device (4x less to copy than
-    float32; bf16 on CPU is not cast by DeepSpeed, so we cast here)."""
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float16 if engine.fp16_enabled() else torch.float32
-    x = images.to(engine.device, non_blocking=True).float().div_(255.0)
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean_t) / std_t).to(dtype)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain import distributed
-from pretrain.config import LossConfig
+from modeling.config import LossConfig
 from pretrain.tiled_loss import tiled_infonce_global, tiled_infonce_local_sum
 
 

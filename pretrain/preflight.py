@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from braceexpand import braceexpand
 
-from pretrain.config import ConfigError, RunConfig, suggest_key
+from modeling.config import ConfigError, RunConfig, suggest_key
 
 DATASET_MARKERS = ("manifest.json", "sizes.json")
 
@@ -73,7 +73,7 @@ def preflight(cfg: RunConfig) -> None:
         check_dataset(f"data.sources[{i}].path", source.path)
     if cfg.data.val_path:
         check_dataset("data.val_path", cfg.data.val_path)
-    check_model(cfg.model.name)   # model.hf_text_dir is checked by pretrain.config.validate
+    check_model(cfg.model.name)   # model.hf_text_dir is checked by modeling.config.validate
 
 
 def unknown_flag_message(extras: Sequence[str], argv: Sequence[str]) -> Optional[str]:

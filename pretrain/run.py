@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
-from pretrain.config import RunConfig, check_batch_split, save_config
+from modeling.config import RunConfig, check_batch_split, save_config
 from pretrain.engine import build_engine, init_distributed
 from pretrain.ema import ModelEMA
 from pretrain.export import export_model
 from pretrain.loss import build_loss
 from pretrain.metrics import MetricsLogger, eval_line
-from pretrain.model import build_model
+from modeling.model import build_model
 from pretrain.text_cache import ensure_text_store
 from pretrain.rundir import already_done
 from pretrain.train import Trainer, train_loop
@@ -74,35 +74,34 @@ def _resume_path(cfg: RunConfig, checkpoints: CheckpointManager) -> Optional[str
     return resume
 
 
-def periodic_eval(cfg: RunConfig, engine, bundle, dist, writer):
-    """-> evaluate(step): CLIP_benchmark retrieval metrics on data.val_path, written to RUN/eval/stepN.json
-    and tensorboard (eval/...). None without a val set."""
-    if not cfg.data.val_path:
+def logged_eval(evaluator: Optional[Callable], cfg: RunConfig, engine, bundle, dist, writer):
+    """evaluator(cfg, engine, bundle, device) -> evaluate(step) -> (metrics, chance) or None (handed in from
+    above: eval.periodic.retrieval_evaluator, wired by pretrain/cli.py). -> evaluate(step) -> metrics that also
+    writes RUN/eval/stepN.json, tensorboard (eval/...) and one log line on rank 0. None without an eval."""
+    evaluate = evaluator(cfg, engine, bundle, dist.device) if evaluator is not None else None
+    if evaluate is None:
         return None
-    from eval.api import run_retrieval
 
-    def evaluate(step: int) -> dict:
-        result = run_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
-                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(dist.device),
-                               precision=cfg.deepspeed.precision)  # the weights' dtype: bf16/fp16 need autocast
-        metrics = result.metrics
+    def evaluate_and_log(step: int) -> dict:
+        metrics, chance = evaluate(step)
         if dist.rank == 0:
             os.makedirs(os.path.join(cfg.train.run_dir, "eval"), exist_ok=True)
             with open(os.path.join(cfg.train.run_dir, "eval", f"{tag_for(step)}.json"), "w") as f:
                 # chance: loss.png draws each recall beside its chance level
-                json.dump({"step": step, "dataset": cfg.data.val_path, "metrics": metrics, "chance": result.chance},
+                json.dump({"step": step, "dataset": cfg.data.val_path, "metrics": metrics, "chance": chance},
                           f, indent=2)
             for key, value in metrics.items():
                 writer.add_scalar(f"eval/{key}", value, step)
             print(eval_line(step, metrics), file=sys.stderr)
         return metrics
-    return evaluate
+    return evaluate_and_log
 
 
 def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Callable = None,
-        run_info: Optional[dict] = None) -> int:
+        run_info: Optional[dict] = None, evaluator: Optional[Callable] = None) -> int:
     """loss_wrapper(loss_fn) -> loss_fn: a test hook to inject faults into the real loss. run_info (version,
-    git commit, overrides) is recorded in RUN/config.yaml."""
+    git commit, overrides) is recorded in RUN/config.yaml. evaluator: the periodic eval's factory (see
+    logged_eval); None = no eval during training."""
     dist = init_distributed(cfg.train.device)
     rank, world = dist.rank, dist.world_size
     accum = check_batch_split(cfg, world)
@@ -156,7 +155,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     metrics = MetricsLogger(run_dir, rank, world, dist.device, bundle.model_cfg)
     metrics.set_progress(total, state["step"], state["samples_seen"], cfg.train.global_batch_size,
                          loader.steps_per_epoch)
-    evaluate = periodic_eval(cfg, engine, bundle, dist, metrics.writer)
+    evaluate = logged_eval(evaluator, cfg, engine, bundle, dist, metrics.writer)
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
                       total_steps=total, mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,

@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 
 from data_pipeline import embeddings
 from data_pipeline.shards import open_shards
-from pretrain.model import ModelBundle, locked_text_vectors, text_is_cacheable
+from modeling.model import ModelBundle, locked_text_vectors, text_is_cacheable
 
 BATCH = 256  # captions per forward: MiniLM-L6 at context 24 is ~30 ms per 256 on one core
 

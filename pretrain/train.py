@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.checkpoint import EXIT_NONFINITE, EXIT_PREEMPTED, CheckpointManager, PreemptionFlag
-from pretrain.engine import images_to_input
+from modeling.preprocess import images_to_input
 from pretrain.metrics import MetricsLogger
 from pretrain.schedule import lr_factor, set_lr
 from pretrain.step import TextInput, train_step

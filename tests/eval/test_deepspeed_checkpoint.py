@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 MAKE_CHECKPOINT = r"""
 import json, sys, torch, deepspeed
 from pathlib import Path
-from pretrain.config import load_config, save_config
+from modeling.config import load_config, save_config
 from pretrain.engine import build_engine, init_distributed
-from pretrain.model import build_model
+from modeling.model import build_model
 
 run, stage, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 cfg = load_config(sys.argv[4], [f"train.run_dir={run}", f"deepspeed.zero_stage={stage}"])

@@ -21,11 +21,12 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from synthetic import SyntheticLoader, synthetic_factory  # noqa: E402
 
 import pretrain.engine as engine_module  # noqa: E402
-from pretrain.config import check_batch_split, load_config  # noqa: E402
-from pretrain.engine import build_engine, images_to_input, init_distributed  # noqa: E402
+from modeling.config import check_batch_split, load_config  # noqa: E402
+from pretrain.engine import build_engine, init_distributed  # noqa: E402
+from modeling.preprocess import images_to_input  # noqa: E402
 from pretrain.export import export_model  # noqa: E402
 from pretrain.loss import build_loss  # noqa: E402
-from pretrain.model import build_model  # noqa: E402
+from modeling.model import build_model  # noqa: E402
 from pretrain.run import _seed_all, run  # noqa: E402
 from pretrain.step import _forward_backward  # noqa: E402
 

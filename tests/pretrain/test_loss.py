@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from pretrain.config import LossConfig
+from modeling.config import LossConfig
 from pretrain.loss import build_loss, per_micro_batch, splice_micro_batch
 
 

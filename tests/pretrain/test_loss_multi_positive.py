@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import LossConfig
+from modeling.config import LossConfig
 from pretrain.loss import ContrastiveLoss
 
 

@@ -5,10 +5,10 @@ import open_clip
 import pytest
 import torch
 
-from pretrain.config import load_config
+from modeling.config import load_config
 from pretrain.engine import deepspeed_config, param_groups
 from pretrain.export import write_export
-from pretrain.model import ModelConfigError, build_model, resolve_model_config
+from modeling.model import ModelConfigError, build_model, resolve_model_config
 
 
 def cfg_for(tiny_model_config, *overrides):

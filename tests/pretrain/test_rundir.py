@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import ConfigError, load_config, save_config
+from modeling.config import ConfigError, load_config, save_config
 from pretrain.rundir import check_resume, describe, run_info
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,9 @@ import torch
 
 from pretrain.checkpoint import rng_state, set_rng_state
 from pretrain.cli import main
-from pretrain.config import OptimConfig
+from modeling.config import OptimConfig
 from pretrain.metrics import flops_per_sample, plot_loss
-from pretrain.model import resolve_model_config
+from modeling.model import resolve_model_config
 from pretrain.schedule import lr_factor
 
 

@@ -7,9 +7,9 @@ import torch
 
 from data_pipeline import embeddings
 from data_pipeline.stream import build_train_loader
-from pretrain.config import load_config
+from modeling.config import load_config
 from pretrain.loss import build_loss
-from pretrain.model import build_model
+from modeling.model import build_model
 from pretrain.text_cache import ensure_text_store
 from tests.data_pipeline.conftest import write_dataset
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import LossConfig
+from modeling.config import LossConfig
 from pretrain.loss import build_loss
 from pretrain.tiled_loss import tiled_ce
 

@@ -15,9 +15,9 @@ TINY = REPO / "configs" / "models" / "tiny-vit.json"
 GATHER_REPEATEDLY = r"""
 import sys, torch, deepspeed, torch.distributed as dist
 from pathlib import Path
-from pretrain.config import load_config
+from modeling.config import load_config
 from pretrain.engine import build_engine, init_distributed
-from pretrain.model import build_model
+from modeling.model import build_model
 
 cfg = load_config(None, [f"model.name={sys.argv[1]}", "data.sources=[{path: unused}]", "train.steps=1",
                          "train.global_batch_size=4", "train.device=cpu", "train.run_dir=" + sys.argv[2],

@@ -10,17 +10,17 @@ open_clip_config.json, so `open_clip.create_model("local-dir:RUN/export")` rebui
 import copy
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import open_clip
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
-from open_clip.transform import PreprocessCfg
 from torch import nn
 from torch.nn import functional as F
 
-from pretrain.config import LossConfig, ModelConfig
+from modeling.config import LossConfig, ModelConfig
+from modeling.preprocess import preprocess_config
 
 
 class ModelConfigError(ValueError):
@@ -85,6 +85,19 @@ class ModelBundle:
         return self.model.clip
 
 
+def open_clip_module(model: nn.Module) -> nn.Module:
+    """The open_clip model inside a DeepSpeed engine / DDP (.module) and the ContrastiveModel wrapper (.clip):
+    what encode_image / encode_text are called on. An open_clip model is returned as it is."""
+    while True:
+        inner = getattr(model, "module", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, ContrastiveModel):
+            model = model.clip
+        else:
+            return model
+
+
 def resolve_model_config(name: str) -> Dict[str, Any]:
     """An open_clip built-in name or a path to a model-config JSON -> config dict (a copy)."""
     if name.endswith(".json") or os.path.sep in name:
@@ -139,13 +152,6 @@ def instantiate(model_cfg: Dict[str, Any], hf_pretrained: bool = True) -> nn.Mod
         cfg["text_cfg"]["hf_model_pretrained"] = hf_pretrained
     custom_text = cfg.pop("custom_text", False) or is_hf
     return (CustomTextCLIP if custom_text else CLIP)(**cfg)
-
-
-def preprocess_config(model_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    size = model_cfg["vision_cfg"].get("image_size", 224)
-    base = asdict(PreprocessCfg())
-    return {"size": size, "mean": list(base["mean"]), "std": list(base["std"]),
-            "interpolation": base["interpolation"], "resize_mode": base["resize_mode"]}
 
 
 def tokenizer_for(model_cfg: Dict[str, Any]):

@@ -1,0 +1,32 @@
+"""The eval the train loop runs every `eval.every_steps` and at the end: CLIP_benchmark retrieval metrics of
+the live engine on `data.val_path` (every rank embeds its share; any ZeRO stage).
+
+It is handed to the train loop from above: pretrain/cli.py (the application entry point, the one place
+that wires eval into training) passes `retrieval_evaluator` to `pretrain.run.run(evaluator=...)`, so no
+other pretrain module imports eval and eval imports nothing of pretrain. pretrain writes what it returns
+into RUN/eval/stepN.json, tensorboard and the log.
+
+    evaluate = retrieval_evaluator(cfg, engine, bundle, device)   # None without data.val_path
+    metrics, chance = evaluate(step)
+"""
+from typing import Callable, Dict, Optional, Tuple
+
+from modeling.config import RunConfig
+from modeling.model import ModelBundle
+
+Evaluate = Callable[[int], Tuple[Dict[str, float], Dict[str, float]]]
+
+
+def retrieval_evaluator(cfg: RunConfig, model, bundle: ModelBundle, device) -> Optional[Evaluate]:
+    """-> evaluate(step) -> (metrics, chance levels). None without a val set. `model`: the DeepSpeed engine
+    (or anything modeling.model.open_clip_module unwraps)."""
+    if not cfg.data.val_path:
+        return None
+    from eval.api import run_retrieval
+
+    def evaluate(step: int):
+        result = run_retrieval(model, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
+                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(device),
+                               precision=cfg.deepspeed.precision)  # the weights' dtype: bf16/fp16 need autocast
+        return result.metrics, result.chance
+    return evaluate

@@ -1,0 +1,127 @@
+"""The house's import rules (../shared/DESIGN.md, docs/internals.md), read from the source with `ast`:
+
+- clipforge_base (UserError, atomic writes) imports no other clipforge package;
+- data_pipeline imports no other clipforge package (but clipforge_base);
+- modeling (model factory, preprocessing, run config) imports neither pretrain, eval nor launch;
+- eval and pretrain never import each other; the one exception is pretrain/cli.py, the application entry
+  point, which hands eval's periodic eval to the train loop;
+- launch imports no torch / deepspeed / open_clip at module level, directly or through the clipforge
+  modules it imports at module level (tests/launch/test_slurm_script.py::test_launch_imports_no_torch_or_deepspeed
+  checks the same at run time, with those packages made unimportable).
+"""
+import ast
+from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("clipforge_base", "data_pipeline", "modeling", "pretrain", "eval", "launch")
+HEAVY = ("torch", "torchvision", "deepspeed", "open_clip")
+
+# package -> the clipforge packages it may import
+ALLOWED = {
+    "clipforge_base": set(),
+    "data_pipeline": {"clipforge_base"},
+    "modeling": {"clipforge_base", "data_pipeline"},
+    "pretrain": {"clipforge_base", "data_pipeline", "modeling"},
+    "eval": {"clipforge_base", "data_pipeline", "modeling"},
+    "launch": {"clipforge_base", "data_pipeline", "modeling", "pretrain", "eval"},
+}
+# (file, imported package): the documented wiring points
+EXCEPTIONS = {("pretrain/cli.py", "eval")}
+
+
+def _files(package: str) -> List[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module_level_only: bool = False) -> Iterator[Tuple[str, int]]:
+    """(absolute dotted name, line) of every import in the file (relative ones resolved); with
+    module_level_only, those that run when the module is imported (not inside a function body)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+
+    def walk(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import) and not (module_level_only and in_function):
+                for alias in child.names:
+                    yield alias.name, child.lineno
+            elif isinstance(child, ast.ImportFrom) and not (module_level_only and in_function):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[:len(package.split(".")) - (child.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                yield base, child.lineno
+                for alias in child.names:  # `from pkg import module`
+                    yield f"{base}.{alias.name}", child.lineno
+            yield from walk(child, inside)
+
+    yield from walk(tree, False)
+
+
+def _source_of(name: str):
+    """The repo file of a dotted module name, or None (not ours, or an attribute, not a module)."""
+    path = REPO.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_import_only_the_layers_below(package):
+    wrong = []
+    for path in _files(package):
+        rel = path.relative_to(REPO).as_posix()
+        for name, line in _imports(path):
+            top = name.split(".")[0]
+            if top in PACKAGES and top != package and top not in ALLOWED[package] \
+                    and (rel, top) not in EXCEPTIONS:
+                wrong.append(f"{rel}:{line} imports {name}")
+    assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+def test_the_wiring_point_is_the_only_exception():
+    """pretrain/cli.py imports eval (the periodic eval, handed to pretrain.run.run); nothing else in pretrain does."""
+    names = [name for name, _ in _imports(REPO / "pretrain" / "cli.py")]
+    assert "eval.periodic" in names
+
+
+def _module_level_closure(start: List[Path]) -> Dict[str, str]:
+    """Every module imported when `start` is imported: name -> the file that imports it first."""
+    seen: Set[Path] = set()
+    found: Dict[str, str] = {}
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name, line in _imports(path, module_level_only=True):
+            found.setdefault(name, f"{path.relative_to(REPO).as_posix()}:{line}")
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, a/b/c
+                source = _source_of(".".join(parts[:i]))
+                if source is not None:
+                    todo.append(source)
+    return found
+
+
+def test_launch_imports_no_torch_at_module_level():
+    found = _module_level_closure(_files("launch"))
+    heavy = {name: where for name, where in found.items() if name.split(".")[0] in HEAVY}
+    assert not heavy, heavy
+
+
+def test_modeling_config_is_torch_free():
+    """launch validates configs on login nodes: modeling.config (and modeling/__init__) must not need torch."""
+    found = _module_level_closure([REPO / "modeling" / "config.py"])
+    heavy = {name: where for name, where in found.items() if name.split(".")[0] in HEAVY}
+    assert not heavy, heavy
