@@ -5,8 +5,13 @@ Torch-free on purpose: `launch` validates configs on login nodes where torch is 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from clipforge_base.errors import UserError
+
 LOADER_MODES = ("epoch", "resampled")
 
+
+class DataConfigError(UserError, ValueError):
+    """A data.* setting is wrong; the message names the key and what is allowed."""
 
 @dataclass
 class SourceConfig:
@@ -43,19 +48,19 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.mode not in LOADER_MODES:
-            raise ValueError(f"data.mode={self.mode!r}: allowed values are {', '.join(LOADER_MODES)}")
+            raise DataConfigError(f"data.mode={self.mode!r}: allowed values are {', '.join(LOADER_MODES)}")
         if not self.sources:
-            raise ValueError("data.sources is empty: give at least one {path: DIR_OR_PATTERN, weight: 1.0}")
+            raise DataConfigError("data.sources is empty: give at least one {path: DIR_OR_PATTERN, weight: 1.0}")
         for i, source in enumerate(self.sources):
             if not source.path:
-                raise ValueError(f"data.sources[{i}].path is empty: give a shard dataset dir or a tar brace pattern")
+                raise DataConfigError(f"data.sources[{i}].path is empty: give a shard dataset dir or a tar brace pattern")
             if not source.weight > 0:
-                raise ValueError(f"data.sources[{i}].weight={source.weight}: must be > 0")
+                raise DataConfigError(f"data.sources[{i}].weight={source.weight}: must be > 0")
         if self.shuffle_window < 1:
-            raise ValueError(f"data.shuffle_window={self.shuffle_window}: must be >= 1 (1 = no sample shuffle)")
+            raise DataConfigError(f"data.shuffle_window={self.shuffle_window}: must be >= 1 (1 = no sample shuffle)")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(f"data.crop_scale={list(self.crop_scale)}: give [min, max] with 0 < min <= max <= 1")
+            raise DataConfigError(f"data.crop_scale={list(self.crop_scale)}: give [min, max] with 0 < min <= max <= 1")
         if self.captions_per_sample < 1:
-            raise ValueError(f"data.captions_per_sample={self.captions_per_sample}: must be >= 1")
+            raise DataConfigError(f"data.captions_per_sample={self.captions_per_sample}: must be >= 1")
         if self.workers < 0:
-            raise ValueError(f"data.workers={self.workers}: must be >= 0")
+            raise DataConfigError(f"data.workers={self.workers}: must be >= 0")

@@ -22,11 +22,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from clipforge_base.errors import UserError
+
 FORMAT = "clipforge-embeddings"
 VERSION = 1
 
 
-class StaleEmbeddings(ValueError):
+class StaleEmbeddings(UserError, ValueError):
     """The stored embeddings are missing, partial, or belong to other shards or another model."""
 
 

@@ -21,10 +21,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from braceexpand import braceexpand
 
+from clipforge_base.errors import UserError
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard dataset path is missing, unreadable or inconsistent; the message names it."""
 
 

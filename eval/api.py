@@ -19,6 +19,7 @@ from eval import classification
 from eval.datasets import eval_loader, open_eval_data, rank_share
 from eval.distributed import comm_for_world, rank_world
 from eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
+from eval.errors import EvalDataError
 from eval.ranking import DEFAULT_TILE
 from eval.retrieval import chance_levels, retrieval_metrics
 from modeling.model import open_clip_module
@@ -99,7 +100,7 @@ def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (
     images = comm.all_gather_cat(local.image_emb.to(device))
     if len(images) == 0:
         skipped, _ = gather_skips(comm, local)
-        raise ValueError(f"no usable image-caption pair in the eval data (skipped: {skipped or 'none'})")
+        raise EvalDataError(f"no usable image-caption pair in the eval data (skipped: {skipped or 'none'})")
     texts = local.text_emb.to(device)
     t2i = (local.text_to_image + image_offset).to(device)
     metrics = retrieval_metrics(texts, t2i, images, recall_k, tile, text_offset, comm)
@@ -132,7 +133,7 @@ def label_indices(labels: List, classnames: List[str]) -> torch.Tensor:
         elif v in position:
             out.append(position[v])
         else:
-            raise ValueError(f"label {v!r} is not among the {len(classnames)} class names (e.g. {classnames[:3]}); "
+            raise EvalDataError(f"label {v!r} is not among the {len(classnames)} class names (e.g. {classnames[:3]}); "
                              "fix --classnames or --label-key")
     return torch.tensor(out, dtype=torch.long)
 
@@ -143,10 +144,10 @@ def classnames_from(comm, labels: List, classnames: Optional[List[str]], label_k
         return classnames
     seen = sorted({v for part in comm.gather_objects(sorted({str(v) for v in labels})) for v in part})
     if not seen:
-        raise ValueError(f"no sample carries a label under {label_key!r} (KEY.json) or a KEY.cls; "
+        raise EvalDataError(f"no sample carries a label under {label_key!r} (KEY.json) or a KEY.cls; "
                          "set --label-key to the field that holds the class")
     if any(is_index(v) for v in seen):
-        raise ValueError("the labels are class indices: give --classnames FILE so they can become prompts")
+        raise EvalDataError("the labels are class indices: give --classnames FILE so they can become prompts")
     return seen
 
 
@@ -160,7 +161,7 @@ def run_classification(model, tokenizer, transform, data, templates, classnames:
     labels = label_indices(local.labels, classnames)
     top = int(comm.all_reduce_max(labels.max() if len(labels) else torch.tensor(-1)))
     if top >= len(classnames):
-        raise ValueError(f"label index {top} (field {label_key!r}) but only {len(classnames)} class names; "
+        raise EvalDataError(f"label index {top} (field {label_key!r}) but only {len(classnames)} class names; "
                          "give a --classnames file with every class")
     module = open_clip_module(model)
     with torch.no_grad(), gathered(module):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.errors import EvalDataError
 from eval.retrieval import Comm
 from eval.templates import Templates, prompts_for
 
@@ -71,7 +72,7 @@ def classification_metrics(image_emb: torch.Tensor, labels: torch.Tensor, classi
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must be class indices in [0, {num_classes}) (got {int(labels.min())}.."
+        raise EvalDataError(f"labels must be class indices in [0, {num_classes}) (got {int(labels.min())}.."
                          f"{int(labels.max())})")
 
 

@@ -200,17 +200,13 @@ def _run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    from data_pipeline.shards import ShardError
-    from eval.datasets import EvalDataError
-    from eval.load_model import ModelLoadError
-    from eval.suite import SuiteError
-    from eval.templates import TemplateError
+    from clipforge_base.errors import UserError
     try:
         if args.suite:
             from eval.suite import run_suite_cli
             return run_suite_cli(args)
         return _run(args)
-    except (EvalDataError, ShardError, ModelLoadError, TemplateError, SuiteError, ValueError, FileNotFoundError) as e:
+    except UserError as e:  # anything else is a bug: its traceback, exit 1
         print(f"clipforge eval: error: {e}", file=sys.stderr)
         return 2
 

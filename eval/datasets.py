@@ -21,11 +21,8 @@ import torch
 from PIL import Image
 
 from data_pipeline.shards import ShardError, ShardSet, decode_sample, index_tar, open_shards, read_member
+from eval.errors import EvalDataError  # noqa: F401  (raised here; importable from here too)
 from eval.folders import FolderRange, ImageFolderSet
-
-
-class EvalDataError(ValueError):
-    """The eval data cannot be opened or does not match its manifest; the message names the file."""
 
 
 def _is_shard_spec(spec: str) -> bool:

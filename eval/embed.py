@@ -16,6 +16,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
+from eval.errors import EvalOptionError
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -33,7 +35,7 @@ class Embedded:
 
 def autocast_for(device: str, precision: str):
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise EvalOptionError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

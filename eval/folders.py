@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from eval.errors import EvalDataError
+
 
 @dataclass
 class ImageFolderSet:
@@ -47,7 +49,7 @@ def open_image_folder(root: str) -> ImageFolderSet:
     try:
         samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as e:  # torchvision: a class folder without images
-        raise ValueError(f"{root}: {e}") from None
+        raise EvalDataError(f"{root}: {e}") from None
     return ImageFolderSet(root, classes, samples)
 
 

@@ -18,12 +18,13 @@ from typing import Any, Callable, Dict, Optional
 import open_clip
 import torch
 
+from clipforge_base.errors import UserError
 from modeling.config import load_config
 from modeling.model import final_model_config, instantiate, resolve_model_config, tokenizer_for
 from modeling.preprocess import preprocess_config, val_transform
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError, ValueError):
     """The --model argument cannot be resolved or loaded; the message says what to give instead."""
 
 

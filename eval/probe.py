@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.classification import check_labels, metrics_from_ranks, ranks_from_logits
+from eval.errors import EvalDataError
 
 # np.logspace, not torch: the exact float64 values CLIP_benchmark tries (and reports as weight_decay).
 WD_GRID: List[float] = np.logspace(-6, 2, num=97).tolist()
@@ -110,7 +111,7 @@ def fewshot_order(y: torch.Tensor, k: int, seed: int) -> torch.Tensor:
             keep.append(p)
     short = {c: n for c, n in seen.items() if n < k}
     if short:
-        raise ValueError(f"fewshot_k={k}: classes {sorted(short)[:5]} have only {min(short.values())} training "
+        raise EvalDataError(f"fewshot_k={k}: classes {sorted(short)[:5]} have only {min(short.values())} training "
                          "samples; lower fewshot_k")
     return torch.tensor(keep, dtype=torch.long)
 

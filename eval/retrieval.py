@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from eval.errors import EvalOptionError
 from eval.ranking import DEFAULT_TILE, RankCounter, best_captions, positive_scores
 
 
@@ -78,7 +79,7 @@ def retrieval_metrics(text_emb: torch.Tensor, text_to_image: torch.Tensor, image
     comm = comm or Comm()
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
-        raise ValueError(f"recall k values must be >= 1 (got {ks})")
+        raise EvalOptionError(f"recall k values must be >= 1 (got {ks})")
     if min(tile) < 64:
         raise ValueError(f"tile={tile}: use at least 64 x 64 (smaller matmuls round differently)")
     text_emb, image_emb = text_emb.float(), image_emb.float()

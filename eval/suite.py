@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
+from clipforge_base.errors import UserError
 from eval.probe import ProbeConfig
 from eval.tasks import TaskSpec
 
@@ -31,7 +32,7 @@ PROBE_KEYS = {"fewshot_k": "fewshot_k", "fewshot_lr": "lr", "fewshot_epochs": "e
 PATH_KEYS = ("data", "train_data", "val_data", "classnames")
 
 
-class SuiteError(ValueError):
+class SuiteError(UserError, ValueError):
     """The suite file is malformed; the message names the file and the entry."""
 
 

@@ -18,6 +18,7 @@ import torch
 
 from eval import api
 from eval.distributed import comm_for_world, rank_world
+from eval.errors import EvalOptionError
 from eval.features import run_linear_probe
 from eval.probe import ProbeConfig
 from eval.sources import EvalSource, open_source
@@ -48,7 +49,7 @@ class TaskSpec:
     def __post_init__(self):
         self.task = PEER_TASKS.get(self.task, self.task)
         if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r}: choose one of {', '.join(TASKS)} (or zeroshot_retrieval, "
+            raise EvalOptionError(f"task {self.task!r}: choose one of {', '.join(TASKS)} (or zeroshot_retrieval, "
                              "zeroshot_classification)")
 
 

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Dict, List, Union
 
+from clipforge_base.errors import UserError
+
 # The built-in sets (prompt text from the CLIP paper's released notebooks).
 BUILTIN: Dict[str, List[str]] = {
     "simple": ["a photo of a {c}."],
@@ -30,7 +32,7 @@ DEFAULT_TEMPLATES = "imagenet7"
 Templates = Union[List[str], Dict[str, List[str]]]
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A template or class-name file is missing or malformed; the message names it."""
 
 

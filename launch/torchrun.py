@@ -9,13 +9,15 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from clipforge_base.errors import UserError
+
 # torchrun forwards these to the workers (SIGUSR1 added: slurm's warning signal before the time
 # limit; the trainer checkpoints on it). The default list lacks SIGUSR1, and an unhandled
 # SIGUSR1 would kill the agent and orphan the workers mid-checkpoint.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """A launch flag is wrong; the message names the flag and what to do."""
 
 

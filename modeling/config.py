@@ -13,10 +13,11 @@ from typing import List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clipforge_base.errors import UserError
 from data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message says which key and what to do."""
 
 

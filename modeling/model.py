@@ -19,11 +19,12 @@ from open_clip.model import CLIP, CustomTextCLIP
 from torch import nn
 from torch.nn import functional as F
 
+from clipforge_base.errors import UserError
 from modeling.config import LossConfig, ModelConfig
 from modeling.preprocess import preprocess_config
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError, ValueError):
     """The model name / JSON / HF directory cannot be resolved; the message says what to do."""
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from clipforge_base.errors import UserFileNotFound
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
 EXIT_NONFINITE = 3  # too many consecutive non-finite steps; resume from the named checkpoint with a lower lr
 LATEST = "latest"
@@ -135,7 +137,7 @@ class CheckpointManager:
         path = os.path.abspath(path.rstrip("/"))
         state_file = os.path.join(path, "trainer_state.json")
         if not os.path.isfile(state_file):
-            raise FileNotFoundError(f"{path}: not a clipforge checkpoint (no trainer_state.json); "
+            raise UserFileNotFound(f"{path}: not a clipforge checkpoint (no trainer_state.json); "
                                     f"give a folder under RUN/checkpoints/ or --resume latest")
         load_dir, tag = os.path.dirname(path), os.path.basename(path)
         loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,

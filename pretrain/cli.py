@@ -6,7 +6,8 @@ import os
 import sys
 from typing import List, Optional
 
-from modeling.config import ConfigError, load_config
+from clipforge_base.errors import UserError
+from modeling.config import load_config
 from pretrain.preflight import preflight, unknown_flag_message
 from pretrain.rundir import already_done, check_resume, describe, finished, run_info, target_steps
 
@@ -62,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = load_config(args.config, overrides)
         preflight(cfg)
         point = check_resume(cfg, world)
-    except ConfigError as err:
+    except UserError as err:
         return report_error(str(err))
     if finished(point, cfg):   # a finished run asked for no more steps: no retraining, no re-export
         if rank == 0:
@@ -76,5 +77,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         return run(cfg, run_info=run_info(overrides, world), evaluator=retrieval_evaluator)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except UserError as err:  # anything else is a bug: its traceback, exit 1
         return report_error(str(err))

@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from modeling.config import ConfigError
+
 
 def _master_view(param: torch.nn.Parameter) -> Optional[torch.Tensor]:
     """This rank's fp32 master fragment of `param` (a view DeepSpeed's optimizer updates in place), or None
@@ -81,7 +83,7 @@ class ModelEMA:
     def load_state_dict(self, state: dict) -> None:
         if set(state["shadow"]) != set(self.shadow) or any(
                 state["shadow"][k].shape != v.shape for k, v in self.shadow.items()):
-            raise ValueError("model EMA: the checkpoint's EMA fragments do not match this run's parameters "
+            raise ConfigError("model EMA: the checkpoint's EMA fragments do not match this run's parameters "
                              "(another model, ZeRO stage or world size); resume with the saved settings")
         self.updates = int(state["updates"])
         self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from clipforge_base.errors import UserFileNotFound
 from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
 from modeling.config import RunConfig, check_batch_split, save_config
 from pretrain.engine import build_engine, init_distributed
@@ -70,7 +71,7 @@ def _resume_path(cfg: RunConfig, checkpoints: CheckpointManager) -> Optional[str
     if resume is None or resume == "latest":
         return checkpoints.latest_path()
     if not os.path.isdir(resume):
-        raise FileNotFoundError(f"checkpoint.resume={resume!r}: no such checkpoint folder")
+        raise UserFileNotFound(f"checkpoint.resume={resume!r}: no such checkpoint folder")
     return resume
 
 

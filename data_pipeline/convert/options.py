@@ -2,12 +2,14 @@
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
+from clipforge_base.errors import UserError
+
 FORMATS = ("auto", "folder", "csv", "tsv", "parquet", "jsonl", "coco", "flickr", "urls")
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "none")
 ENCODE_FORMATS = ("jpg", "webp", "png")
 
 
-class ConvertError(Exception):
+class ConvertError(UserError):
     """A problem with the user's input or flags, found before or outside per-item work: one line, names the fix."""
 
 

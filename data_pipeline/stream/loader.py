@@ -22,16 +22,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from clipforge_base.errors import UserError
 from data_pipeline import embeddings
-from data_pipeline.config import DataConfig
-from data_pipeline.shards import open_shards, txt_holds_first_caption
+from data_pipeline.config import DataConfig, DataConfigError
+from data_pipeline.shards import ShardError, open_shards, txt_holds_first_caption
 from data_pipeline.stream.dataset import BatchDataset
 from data_pipeline.stream.plan import SamplePlan
 
 STATE_FORMAT = "clipforge-loader"
 
 
-class LoaderStateError(ValueError):
+class LoaderStateError(UserError, ValueError):
     """A saved loader state does not fit this run (other data, seed or global batch size)."""
 
 
@@ -139,12 +140,12 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
     shard_sets = [open_shards(source.path) for source in data_cfg.sources]
     for source, shard_set in zip(data_cfg.sources, shard_sets):
         if shard_set.num_samples == 0:
-            raise ValueError(f"data.sources: {source.path} holds 0 samples")
+            raise ShardError(f"data.sources: {source.path} holds 0 samples")
     sizes = [[s.samples for s in shard_set.shards] for shard_set in shard_sets]
     plan = SamplePlan(sizes, [s.weight for s in data_cfg.sources], mode=data_cfg.mode, seed=seed,
                       window=data_cfg.shuffle_window, global_batch_size=global_batch_size, drop_last=drop_last)
     if plan.steps_per_epoch == 0:
-        raise ValueError(f"global batch size {global_batch_size} is larger than the {plan.samples_per_epoch} samples "
+        raise DataConfigError(f"global batch size {global_batch_size} is larger than the {plan.samples_per_epoch} samples "
                          f"of an epoch of data.sources; lower the batch size or pass drop_last=False")
     vector_paths, vector_dim = None, 0
     if text_store is not None:
