@@ -140,7 +140,8 @@ def _engine_bytes(engine) -> dict:
 def _state_bytes(model_name, stage, precision):
     from modeling.config import load_config
     from modeling.preprocess import images_to_input
-    from pretrain.engine import build_engine, init_distributed
+    from pretrain.distributed import init_distributed
+    from pretrain.engine import build_engine
     from pretrain.loss import build_loss
     from modeling.model import build_model
     from pretrain.step import train_step
@@ -160,7 +161,7 @@ def _state_bytes(model_name, stage, precision):
 def worker(quick: bool, out: str, memory: str = None) -> None:
     """memory="STAGE,PRECISION": measure one engine (its own process, so its memory is freed after)."""
     import torch.distributed as dist
-    from pretrain.engine import init_distributed
+    from pretrain.distributed import init_distributed
 
     info = init_distributed("cpu")
     if memory is not None:

@@ -13,12 +13,56 @@ Local sizes may differ (the loader drops undecodable samples): the sizes are gat
 rank pads to the largest, one `all_gather_single` moves the data and the pads are dropped.
 Works on gloo (CPU) and NCCL (GPU): only `all_gather_single` and `reduce_scatter_single`.
 When torch.distributed is not initialised (or world size is 1) everything is the identity.
+
+Start-up: `init_distributed(cfg.train.device) -> DistInfo` turns the torchrun/srun environment into the
+process group (NCCL on GPUs, gloo on CPU; alone, a world of one).
 """
+import os
+import socket
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from pretrain.quiet import quiet_cpu_startup
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """torchrun/srun env -> process group. Alone (no RANK) it becomes a world of one.
+    cuda: NCCL, one GPU per local rank; cpu: gloo."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    with quiet_cpu_startup(on_cpu=not use_cuda):
+        import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python -m pretrain`: a world of one on this host
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    with quiet_cpu_startup(on_cpu=not use_cuda):  # the CPU backend builds its shared-memory op here
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
 def world_size(group=None) -> int:

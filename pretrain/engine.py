@@ -1,56 +1,27 @@
-"""DeepSpeed engine: the ONE place where memory and parallelism techniques are applied, always in
-this order: (1) gradient checkpointing, (2) parameter groups (weight decay, per-tower lr, frozen towers
-left out), (3) precision, (4) ZeRO stage + offload + buckets, (5) gradient clipping.
+"""DeepSpeed engine: the ONE place where memory and parallelism techniques are applied. `build_engine`
+applies them as small named steps, always in this order:
 
-    dist = init_distributed(cfg.train.device)
+    1. activation_checkpointing   model.grad_checkpointing: activations recomputed in backward
+    2. optimizer_for              parameter groups (weight decay, per-tower lr, frozen towers left out) + AdamW
+    3. deepspeed_config           precision, ZeRO stage + offload + buckets, gradient clipping (RUN/deepspeed.json)
+    4. initialize                 deepspeed.initialize (ZeRO-3 fp32: the master copy is the partition)
+    5. nonfinite_guards           each stage's check that a non-finite gradient never reaches the weights
+
+Locking (LiT) happens before, in modeling.model.build_model; process-group start-up is pretrain.distributed;
+the corrections of DeepSpeed internals are pretrain.deepspeed_fixes (version-checked).
+
+    dist = init_distributed(cfg.train.device)       # pretrain.distributed
     engine, base_lrs = build_engine(cfg, bundle.model, dist, accum_steps, run_dir)
 """
 import contextlib
 import json
 import os
-import socket
-from dataclasses import dataclass
 
 import torch
 
 from modeling.config import RunConfig
-from pretrain.quiet import quiet_cpu_startup
-
-
-@dataclass
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """torchrun/srun env -> process group. Alone (no RANK) it becomes a world of one.
-    cuda: NCCL, one GPU per local rank; cpu: gloo."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    with quiet_cpu_startup(on_cpu=not use_cuda):
-        import deepspeed
-
-    if "RANK" not in os.environ:  # plain `python -m pretrain`: a world of one on this host
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    with quiet_cpu_startup(on_cpu=not use_cuda):  # the CPU backend builds its shared-memory op here
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+from pretrain import deepspeed_fixes
+from pretrain.distributed import DistInfo
 
 
 def manual_clipping(cfg: RunConfig) -> bool:
@@ -132,71 +103,54 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig):
     return groups, base_lrs
 
 
-def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_steps: int, run_dir: str = None):
-    """-> (DeepSpeed engine, base lr per param group). Writes RUN/deepspeed.json on rank 0."""
-    import deepspeed
-
-    if cfg.model.grad_checkpointing:  # (1) activations recomputed in backward
+def activation_checkpointing(model: torch.nn.Module, cfg: RunConfig) -> None:
+    if cfg.model.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
-    groups, base_lrs = param_groups(model, cfg)  # (2)
+
+
+def optimizer_for(model: torch.nn.Module, cfg: RunConfig, dist: DistInfo):
+    """-> (AdamW over the parameter groups, base lr per group, number of trainable parameters)."""
+    groups, base_lrs = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   eps=cfg.optim.eps, foreach=dist.device.type == "cuda")
-    trainable = sum(p.numel() for g in groups for p in g["params"])
-    config = deepspeed_config(cfg, dist.world_size, accum_steps, trainable)  # (3)-(5)
-    if run_dir is not None and dist.rank == 0:
+    return optimizer, base_lrs, sum(p.numel() for g in groups for p in g["params"])
+
+
+def write_deepspeed_json(config: dict, run_dir, rank: int) -> None:
+    if run_dir is not None and rank == 0:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "deepspeed.json"), "w") as f:
             json.dump(config, f, indent=2)
+
+
+def initialize(model: torch.nn.Module, optimizer, config: dict, cfg: RunConfig, dist: DistInfo):
+    import deepspeed
+
     model.to(dist.device)
     ds = cfg.deepspeed
     share_fp32_master = ds.zero_stage == 3 and ds.precision == "fp32" and not ds.offload_optimizer
-    with _zero3_fp32_master_is_the_partition() if share_fp32_master else contextlib.nullcontext():  # (4)
+    with deepspeed_fixes.zero3_fp32_master_is_the_partition() if share_fp32_master else contextlib.nullcontext():
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
+
+
+def nonfinite_guards(engine, cfg: RunConfig) -> None:
+    """ZeRO-0 fp32: clipforge's own check and clipping in pretrain/step.py (see manual_clipping)."""
+    ds = cfg.deepspeed
     if ds.zero_stage in (1, 2):
         # DeepSpeed checks gradients for inf/NaN (and then skips the step) only in fp16/bf16; turn the same
-        # check on for fp32 so a non-finite gradient never reaches the weights (ZeRO-0: pretrain/step.py).
+        # check on for fp32 so a non-finite gradient never reaches the weights.
         engine.optimizer.check_grad_overflow = True
     if ds.zero_stage == 3 and ds.precision != "fp16":
-        _check_zero3_gradients_in_every_precision(engine.optimizer)
+        deepspeed_fixes.check_zero3_gradients_in_every_precision(engine.optimizer)
+
+
+def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_steps: int, run_dir: str = None):
+    """-> (DeepSpeed engine, base lr per param group). Steps 1-5 of the module docstring, in that order."""
+    activation_checkpointing(model, cfg)                                              # 1
+    optimizer, base_lrs, trainable = optimizer_for(model, cfg, dist)                  # 2
+    config = deepspeed_config(cfg, dist.world_size, accum_steps, trainable)           # 3
+    write_deepspeed_json(config, run_dir, dist.rank)
+    engine = initialize(model, optimizer, config, cfg, dist)                          # 4
+    nonfinite_guards(engine, cfg)                                                     # 5
     return engine, base_lrs
-
-
-@contextlib.contextmanager
-def _zero3_fp32_master_is_the_partition():
-    """ZeRO-3 in fp32 needs no separate fp32 master copy of the parameter partition, and DeepSpeed 0.19.7
-    means to share it (`_create_fp32_partitions`: same dtype and device -> reuse), but compares the partition's
-    torch.device with its own device *string* ('cpu' / 'cuda:0'), which is never equal, so it clones. Let
-    that comparison see a torch.device for the duration of initialize: ViT-B-32 on 2 ranks, model+optimizer
-    1155 -> 867 MiB/rank (ZeRO-3/ZeRO-0 0.67x -> 0.50x). Values are identical either way (tested)."""
-    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3 as Stage3
-
-    original = Stage3._create_fp32_partitions
-
-    def create_fp32_partitions(self):
-        device_name = self.device
-        self.device = torch.device(device_name)
-        try:
-            original(self)
-        finally:
-            self.device = device_name
-
-    Stage3._create_fp32_partitions = create_fp32_partitions
-    try:
-        yield
-    finally:
-        Stage3._create_fp32_partitions = original
-
-
-def _check_zero3_gradients_in_every_precision(optimizer) -> None:
-    """DeepSpeed 0.19.7 ZeRO-3 looks for inf/NaN gradients only in fp16: in fp32/bf16 a NaN gradient behind a
-    finite loss reached the weights. Its step() asks `_overflow_check_and_loss_scale_update` whether to skip,
-    which in fp32/bf16 only reads a flag nothing sets; set it from DeepSpeed's own partitioned check first
-    (one isinf/isnan pass over this rank's gradient partition + one all-reduce, at optimizer steps only):
-    gradients dropped, weights and Adam moments untouched, step not applied."""
-    decide = optimizer._overflow_check_and_loss_scale_update
-
-    def check_then_decide():
-        optimizer.overflow = optimizer.has_overflow(partition_gradients=True)
-        return decide()
-
-    optimizer._overflow_check_and_loss_scale_update = check_then_decide

@@ -19,7 +19,8 @@ import torch
 from clipforge_base.errors import UserFileNotFound
 from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
 from modeling.config import RunConfig, check_batch_split, save_config
-from pretrain.engine import build_engine, init_distributed
+from pretrain.distributed import init_distributed
+from pretrain.engine import build_engine
 from pretrain.ema import ModelEMA
 from pretrain.export import export_model
 from pretrain.loss import build_loss

@@ -19,7 +19,8 @@ MAKE_CHECKPOINT = r"""
 import json, sys, torch, deepspeed
 from pathlib import Path
 from modeling.config import load_config, save_config
-from pretrain.engine import build_engine, init_distributed
+from pretrain.distributed import init_distributed
+from pretrain.engine import build_engine
 from modeling.model import build_model
 
 run, stage, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3]

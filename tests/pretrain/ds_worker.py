@@ -20,15 +20,16 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from synthetic import SyntheticLoader, synthetic_factory  # noqa: E402
 
-import pretrain.engine as engine_module  # noqa: E402
+import pretrain.deepspeed_fixes as fixes_module  # noqa: E402
 from modeling.config import check_batch_split, load_config  # noqa: E402
-from pretrain.engine import build_engine, init_distributed  # noqa: E402
+from pretrain.distributed import init_distributed  # noqa: E402
+from pretrain.engine import build_engine  # noqa: E402
 from modeling.preprocess import images_to_input  # noqa: E402
 from pretrain.export import export_model  # noqa: E402
 from pretrain.loss import build_loss  # noqa: E402
 from modeling.model import build_model  # noqa: E402
 from pretrain.run import _seed_all, run  # noqa: E402
-from pretrain.step import _forward_backward  # noqa: E402
+from pretrain.step import TextInput, _forward_backward  # noqa: E402
 
 TINY = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models", "tiny-vit.json"))
 
@@ -52,7 +53,8 @@ def grads_of_first_step(cfg, out_file: str) -> None:
     data = SyntheticLoader(cfg.train.seed, cfg.train.global_batch_size, info.rank, info.world_size, 64, 32)
     batch = next(iter(data))
     images = images_to_input(batch["images"], bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"], engine)
-    _forward_backward(engine, build_loss(cfg.loss, info.rank, info.world_size), images, batch["tokens"], accum)
+    _forward_backward(engine, build_loss(cfg.loss, info.rank, info.world_size), images, TextInput(batch["tokens"]),
+                      accum)
     if info.rank == 0:
         torch.save({n: p.grad.clone() for n, p in engine.module.named_parameters()}, out_file)
     dist.barrier()
@@ -70,7 +72,8 @@ def export_probe(out: str, stage: int) -> None:
     mean, std = bundle.preprocess_cfg["mean"], bundle.preprocess_cfg["std"]
     for _ in range(2):
         batch = next(data)
-        _forward_backward(engine, loss_fn, images_to_input(batch["images"], mean, std, engine), batch["tokens"], 1)
+        _forward_backward(engine, loss_fn, images_to_input(batch["images"], mean, std, engine),
+                          TextInput(batch["tokens"]), 1)
         engine.step()
     engine.eval()
     images, tokens = SyntheticLoader(7, 4, 0, 1, 64, 32).global_batch_at(0)
@@ -144,13 +147,13 @@ def main(mode: str, out: str) -> None:
             codes[f"z{stage}"] = run(config(out, f"z{stage}", stage, "fp32", 3, 8, "optim.grad_clip=0"), synthetic_factory)
             codes[f"bf16_z{stage}"] = run(config(out, f"bf16_z{stage}", stage, "bf16", 2), synthetic_factory)
         # ZeRO-3 fp32 as DeepSpeed 0.19.7 builds it on its own: a separate fp32 master copy of the partition
-        shared_master = engine_module._zero3_fp32_master_is_the_partition
-        engine_module._zero3_fp32_master_is_the_partition = contextlib.nullcontext
+        shared_master = fixes_module.zero3_fp32_master_is_the_partition
+        fixes_module.zero3_fp32_master_is_the_partition = contextlib.nullcontext
         try:
             codes["z3_master_copy"] = run(config(out, "z3_master_copy", 3, "fp32", 3, 8, "optim.grad_clip=0"),
                                           synthetic_factory)
         finally:  # the runs after this one get clipforge's shared master again
-            engine_module._zero3_fp32_master_is_the_partition = shared_master
+            fixes_module.zero3_fp32_master_is_the_partition = shared_master
         grads_of_first_step(config(out, "g", 0, "fp32", 1, 16, "train.micro_batch_size=2"), f"{out}/grads_2rank_accum4.pt")
         codes["nan"] = run(config(out, "nan", 2, "fp32", 2), synthetic_factory, nan_at(2))
         codes["one"] = run(config(out, "one", 2, "fp32", 1), synthetic_factory)

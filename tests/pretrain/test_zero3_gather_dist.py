@@ -16,7 +16,8 @@ GATHER_REPEATEDLY = r"""
 import sys, torch, deepspeed, torch.distributed as dist
 from pathlib import Path
 from modeling.config import load_config
-from pretrain.engine import build_engine, init_distributed
+from pretrain.distributed import init_distributed
+from pretrain.engine import build_engine
 from modeling.model import build_model
 
 cfg = load_config(None, [f"model.name={sys.argv[1]}", "data.sources=[{path: unused}]", "train.steps=1",
