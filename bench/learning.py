@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.common import markdown_table, with_section, write_atomic
+from bench.common import markdown_table, section, with_section, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -214,7 +214,10 @@ def main(argv=None) -> int:
     if not args.no_write:
         for doc, name in (("BENCHMARKS.md", "learning"), ("RESULTS.md", "side-by-side")):
             path = REPO / doc
-            write_atomic(str(path), with_section(path.read_text() if path.exists() else "", name, body))
+            text = path.read_text() if path.exists() else ""
+            if section(text, name) is None:  # first time: under a heading of its own
+                text = text.rstrip() + "\n\n## " + ("Learning" if name == "learning" else "Side by side with open_clip's trainer") + "\n"
+            write_atomic(str(path), with_section(text, name, body))
     return 0
 
 

@@ -125,7 +125,8 @@ def launch(name: str, quick: bool, timeout: float, log_dir: Path) -> Dict:
     return rec
 
 
-def render(records: List[Dict], quick: bool, info: Dict, gpu_body: Optional[str]) -> str:
+def render(records: List[Dict], quick: bool, info: Dict, gpu_body: Optional[str],
+           learning_body: Optional[str] = None) -> str:
     mode = "quick (CI smoke: tiny sizes, figures are not claims)" if quick else "full"
     rows = [[r["name"], r["metric"], r["clipforge"], r["peer"], r["peer_value"],
              f"{r['ratio']:.2f}×" if isinstance(r["ratio"], (int, float)) else r["ratio"], r["notes"]]
@@ -151,6 +152,7 @@ def render(records: List[Dict], quick: bool, info: Dict, gpu_body: Optional[str]
         + markdown_table(["benchmark", "status", "seconds", "peak RSS MiB"], runs)
         + "\n## GPU\n\n"
         + with_section("", "gpu", gpu_body or GPU_PLACEHOLDER).lstrip()
+        + ("\n## Learning\n\n" + with_section("", "learning", learning_body).lstrip() if learning_body else "")
     )
 
 
@@ -201,15 +203,16 @@ def main(argv=None) -> int:
         records.sort(key=lambda rec: order.get(rec["name"], len(order)))
     info = machine_info()
     info["torch"] = _torch_version()
-    # GPU figures come from another machine: keep what is there, from the target or BENCHMARKS.md.
-    gpu_body = None
-    for src in (out, REPO / "BENCHMARKS.md"):
-        if src.is_file():
-            gpu_body = section(src.read_text(), "gpu")
-            if gpu_body is not None:
+    # GPU figures come from another machine, learning figures from `make bench-learning` (hours): keep what
+    # is there, from the target or BENCHMARKS.md.
+    kept = {}
+    for name in ("gpu", "learning"):
+        for src in (out, REPO / "BENCHMARKS.md"):
+            kept[name] = section(src.read_text(), name) if src.is_file() else None
+            if kept[name] is not None:
                 break
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(out), render(records, args.quick, info, gpu_body))
+    write_atomic(str(out), render(records, args.quick, info, kept["gpu"], kept["learning"]))
     ok = sum(rec["status"].startswith("ok") for rec in records)
     print(f"[bench] {ok}/{len(records)} benchmarks ran; wrote {out}")
     return 1 if args.strict and ok < len(records) else 0
