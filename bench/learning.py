@@ -212,11 +212,12 @@ def main(argv=None) -> int:
     body = table(results)
     print(body)
     if not args.no_write:
-        for doc, name in (("BENCHMARKS.md", "learning"), ("RESULTS.md", "side-by-side")):
+        for doc, name, heading in (("BENCHMARKS.md", "learning", "Learning"),
+                                   ("RESULTS.md", "side-by-side", "Side by side with open_clip's trainer")):
             path = REPO / doc
             text = path.read_text() if path.exists() else ""
             if section(text, name) is None:  # first time: under a heading of its own
-                text = text.rstrip() + "\n\n## " + ("Learning" if name == "learning" else "Side by side with open_clip's trainer") + "\n"
+                text = f"{text.rstrip()}\n\n## {heading}\n"
             write_atomic(str(path), with_section(text, name, body))
     return 0
 
