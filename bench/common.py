@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
+from clipforge_base.atomic import write_atomic  # noqa: F401  (bench scripts import it from here)
+
 RESULT_KEYS = ("name", "peer", "metric", "clipforge", "peer_value", "ratio", "notes")
 
 
@@ -207,13 +209,6 @@ def with_section(text: str, name: str, body: str) -> str:
         return text.rstrip() + "\n\n" + block + "\n"
     return re.sub(rf"<!-- {name}:begin -->\n.*?<!-- {name}:end -->", lambda _: block, text,
                   count=1, flags=re.S)
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- command line

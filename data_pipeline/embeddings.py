@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from clipforge_base.atomic import atomic_path, write_atomic
 from clipforge_base.errors import UserError
 
 FORMAT = "clipforge-embeddings"
@@ -56,13 +57,6 @@ def npz_name(tar_name: str) -> str:
     return os.path.splitext(tar_name)[0] + ".npz"
 
 
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def write_shard(directory: str, tar_name: str, keys: Sequence[str], captions_per_key: Sequence[int],
                 text: np.ndarray) -> None:
     """One shard's vectors (atomically: a reader never sees half a file). text: [sum captions, dim]."""
@@ -70,8 +64,8 @@ def write_shard(directory: str, tar_name: str, keys: Sequence[str], captions_per
     if offsets[-1] != text.shape[0]:
         raise ValueError(f"{tar_name}: {offsets[-1]} captions but {text.shape[0]} vectors")
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(os.path.join(directory, npz_name(tar_name)), lambda f: np.savez(
-        f, keys=np.asarray(list(keys), dtype=str), offsets=offsets, text=np.ascontiguousarray(text, np.float32)))
+    with atomic_path(os.path.join(directory, npz_name(tar_name))) as tmp, open(tmp, "wb") as f:
+        np.savez(f, keys=np.asarray(list(keys), dtype=str), offsets=offsets, text=np.ascontiguousarray(text, np.float32))
 
 
 def write_manifest(directory: str, *, spec: str, model: Dict, tar_names: Sequence[str], dim: int) -> None:
@@ -79,8 +73,7 @@ def write_manifest(directory: str, *, spec: str, model: Dict, tar_names: Sequenc
     manifest = {"format": FORMAT, "version": VERSION, "model": model, "tower": "text", "dtype": "float32",
                 "dim": int(dim), "shards_sha256": dataset_fingerprint(spec),
                 "shards": [{"tar": name, "file": npz_name(name)} for name in tar_names]}
-    _atomic_write(os.path.join(directory, "manifest.json"),
-                  lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    write_atomic(os.path.join(directory, "manifest.json"), json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def check_store(spec: str, name: str, model: Dict, tar_names: Sequence[str]) -> Dict:

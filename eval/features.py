@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from clipforge_base.atomic import atomic_path
 from eval.api import EvalRun, is_index, classnames_from, embed_share, gather_skips, label_indices
 from modeling.model import open_clip_module
 from eval.classification import chance_levels
@@ -66,10 +67,9 @@ def split_features(model, tokenizer, transform, source: EvalSource, label_key: s
     skipped, examples = gather_skips(comm, local)
     if cache and rank_world()[0] == 0:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
-        tmp = f"{cache}.tmp{os.getpid()}"
-        torch.save({"features": x, "labels": json.dumps(labels), "skipped": json.dumps(skipped),
-                    "examples": json.dumps(examples)}, tmp)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            torch.save({"features": x, "labels": json.dumps(labels), "skipped": json.dumps(skipped),
+                        "examples": json.dumps(examples)}, tmp)
     return x, labels, Counter(skipped), examples
 
 

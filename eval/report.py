@@ -17,6 +17,7 @@ from typing import Dict, List
 import torch
 from PIL import Image
 
+from clipforge_base.atomic import write_atomic
 from data_pipeline.shards import ShardSet, decode_sample, index_tar
 from eval.ranking import tile_scores
 
@@ -74,11 +75,7 @@ def result_json(run, dataset: str, model: str, pretrained: str, extra: Dict) -> 
 
 def write_json(path: str, obj: Dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _ordered(scores: torch.Tensor, k: int) -> List[int]:

@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence
 from launch import sbatch_templates
 from launch.torchrun import FORWARDED_SIGNALS, LaunchError
 
+from clipforge_base.atomic import write_atomic
+
 # minutes | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS (sbatch --time formats)
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -177,11 +179,7 @@ def render_train_script(job: TrainJob) -> str:
 def write_script(path: str, text: str) -> None:
     """Atomic write, executable (the script is also a record of how the run was started)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=0o755)
 
 
 def submit(script: str, extra_args: Sequence[str] = ()) -> str:

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clipforge_base.atomic import write_atomic
 from clipforge_base.errors import UserError
 from data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
 
@@ -307,10 +308,7 @@ def to_yaml(cfg: RunConfig) -> str:
 def save_config(cfg: RunConfig, path: str, run_info: Optional[dict] = None) -> None:
     """Write the resolved config atomically (a reader never sees half a file); run_info (clipforge
     version, git commit, command-line overrides) goes into its own section, ignored by load_config."""
-    tmp = f"{path}.tmp{os.getpid()}"
     text = to_yaml(cfg)
     if run_info:
         text += OmegaConf.to_yaml(OmegaConf.create({RUN_INFO_KEY: run_info}))
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)

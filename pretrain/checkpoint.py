@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from clipforge_base.atomic import write_atomic
 from clipforge_base.errors import UserFileNotFound
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
@@ -72,10 +73,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj))
 
 
 class CheckpointManager:
@@ -119,9 +117,7 @@ class CheckpointManager:
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp_dir, final)
-            with open(os.path.join(self.dir, f"{LATEST}.tmp"), "w") as f:
-                f.write(tag)
-            os.replace(os.path.join(self.dir, f"{LATEST}.tmp"), os.path.join(self.dir, LATEST))
+            write_atomic(os.path.join(self.dir, LATEST), tag)
             self._prune()
         dist.barrier()
         self.last_save, self.last_tag = time.monotonic(), tag

@@ -16,6 +16,8 @@ from typing import Dict
 import torch
 import torch.distributed as dist
 
+from clipforge_base.atomic import atomic_path, write_atomic
+
 PREFIX = "clip."  # ContrastiveModel wraps the open_clip model as .clip
 
 
@@ -55,19 +57,14 @@ def write_export(state: Dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg
 
     os.makedirs(run_dir, exist_ok=True)
     if model_pt:
-        tmp = os.path.join(run_dir, f"model.pt.tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(run_dir, "model.pt"))
+        with atomic_path(os.path.join(run_dir, "model.pt")) as tmp:
+            torch.save(state, tmp)
     export_dir = os.path.join(run_dir, folder)
     os.makedirs(export_dir, exist_ok=True)
-    tmp = os.path.join(export_dir, f".tmp{os.getpid()}.safetensors")
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, os.path.join(export_dir, "open_clip_model.safetensors"))
+    with atomic_path(os.path.join(export_dir, "open_clip_model.safetensors")) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
     config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-    tmp = os.path.join(export_dir, f".tmp{os.getpid()}.json")
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(export_dir, "open_clip_config.json"))
+    write_atomic(os.path.join(export_dir, "open_clip_config.json"), json.dumps(config, indent=2))
     hf_dir = model_cfg["text_cfg"].get("hf_tokenizer_name")
     if hf_dir and os.path.isdir(hf_dir):
         # open_clip's get_tokenizer("local-dir:X") reads an HF tokenizer from X itself.

@@ -7,6 +7,7 @@ import os
 from collections import Counter
 from typing import List
 
+from clipforge_base.atomic import write_atomic
 from .options import ConvertError
 from .plan import load_plan
 from .shard_writer import read_stats, shard_name
@@ -19,12 +20,7 @@ def missing_shards(out_dir: str, num_shards: int) -> List[int]:
 
 
 def _write_json(path: str, value) -> None:
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=1, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(value, indent=1, ensure_ascii=False))
 
 
 def merge(out_dir: str) -> dict:

@@ -5,6 +5,7 @@ import json
 import os
 from typing import List, Tuple
 
+from clipforge_base.atomic import write_atomic
 from .items import Item, key_width, make_key
 from .options import ConvertError, ConvertOptions
 
@@ -44,10 +45,7 @@ def write_or_check_plan(out_dir: str, plan: dict) -> None:
     path = os.path.join(out_dir, PLAN_FILE)
     existing = load_plan(out_dir, required=False)
     if existing is None:
-        temporary = os.path.join(out_dir, f".{PLAN_FILE}.{os.getpid()}.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(plan, handle, indent=1, sort_keys=True, ensure_ascii=False)
-        os.replace(temporary, path)
+        write_atomic(path, json.dumps(plan, indent=1, sort_keys=True, ensure_ascii=False))
         return
     if existing == plan:
         return

@@ -14,6 +14,8 @@ from typing import List
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipforge_base.atomic import leftover_temporaries, write_atomic
+
 # 2000-01-01 UTC: a fixed, plausible timestamp (0 confuses some tar tools).
 MEMBER_MTIME = 946684800
 # "url" repeats "source" under img2dataset's name, so tooling written for its parquets reads ours as-is.
@@ -27,20 +29,6 @@ def shard_name(index: int) -> str:
 
 def stats_path(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, f"{shard_name(index)}_stats.json")
-
-
-def _temporary(path: str) -> str:
-    # A dot prefix keeps half-written files out of "shard-*.tar" globs and brace patterns.
-    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-
-
-def _publish(path: str, data: bytes) -> None:
-    temporary = _temporary(path)
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -99,14 +87,14 @@ def write_shard(out_dir: str, index: int, results: List[dict], extension: str, k
                 one_caption_per_txt: bool = False) -> dict:
     name = shard_name(index)
     tar_data = _tar_bytes(results, extension, one_caption_per_txt)
-    _publish(os.path.join(out_dir, name + ".parquet"), _parquet_bytes(results, keep_cols))
-    _publish(os.path.join(out_dir, name + ".tar"), tar_data)
+    write_atomic(os.path.join(out_dir, name + ".parquet"), _parquet_bytes(results, keep_cols))
+    write_atomic(os.path.join(out_dir, name + ".tar"), tar_data)
     counts = Counter(result["status"] for result in results)
     errors = Counter(f"{result['status']}: {result['reason']}" for result in results if result["status"] != "success")
     stats = {"shard": name + ".tar", "input_items": len(results), "samples": counts.get("success", 0),
              "counts": dict(sorted(counts.items())), "errors": dict(sorted(errors.items())),
              "bytes": len(tar_data), "sha256": hashlib.sha256(tar_data).hexdigest()}
-    _publish(stats_path(out_dir, index), json.dumps(stats, indent=1, sort_keys=True).encode("utf-8"))
+    write_atomic(stats_path(out_dir, index), json.dumps(stats, indent=1, sort_keys=True))
     return stats
 
 
@@ -114,8 +102,7 @@ def remove_temporaries(out_dir: str, indices) -> None:
     """Temporaries a killed run left for shards about to be redone (the redo would overwrite them anyway)."""
     for index in indices:
         for suffix in (".tar", ".parquet", "_stats.json"):
-            path = _temporary(os.path.join(out_dir, shard_name(index) + suffix))
-            if os.path.exists(path):
+            for path in leftover_temporaries(os.path.join(out_dir, shard_name(index) + suffix)):
                 os.remove(path)
 
 
