@@ -1,2 +1,2 @@
-"""The lowest layer: what every clipforge package shares and nothing of clipforge's own is imported for
-(torch-free, stdlib only). errors.py: UserError, the base of every user-facing error; atomic.py: the one atomic file write (fsync + rename)."""
+"""The lowest layer: what every clipforge package shares; imports nothing of clipforge (torch-free, stdlib only).
+errors.py: UserError, the base of every user-facing error; atomic.py: the one atomic file write (fsync + rename)."""

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from clipforge_base.atomic import write_atomic
 from modeling.config import RunConfig
 from pretrain import deepspeed_fixes
 from pretrain.distributed import DistInfo
@@ -119,8 +120,7 @@ def optimizer_for(model: torch.nn.Module, cfg: RunConfig, dist: DistInfo):
 def write_deepspeed_json(config: dict, run_dir, rank: int) -> None:
     if run_dir is not None and rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "deepspeed.json"), "w") as f:
-            json.dump(config, f, indent=2)
+        write_atomic(os.path.join(run_dir, "deepspeed.json"), json.dumps(config, indent=2))
 
 
 def initialize(model: torch.nn.Module, optimizer, config: dict, cfg: RunConfig, dist: DistInfo):

@@ -39,7 +39,8 @@ def test_temporaries_are_hidden_from_shard_globs_and_found_again(tmp_path):
 
 
 def test_no_second_copy_of_the_atomic_write():
-    """Every os.replace of a file lives in clipforge_base/atomic.py (pretrain/checkpoint.py renames a folder)."""
+    """Every os.replace of a file lives in clipforge_base/atomic.py (pretrain/checkpoint.py renames a
+    checkpoint folder into place)."""
     packages = ["clipforge_base", "data_pipeline", "modeling", "pretrain", "eval", "launch"]
     out = subprocess.run(["git", "grep", "-n", "--untracked", "os.replace", "--", *packages], cwd=REPO, capture_output=True,
                          text=True).stdout.splitlines()
