@@ -20,7 +20,7 @@ import torch
 
 from clipforge_base.errors import UserError
 from modeling.config import load_config
-from modeling.model import final_model_config, instantiate, resolve_model_config, tokenizer_for
+from modeling.model import final_model_config, instantiate, open_clip_state_dict, resolve_model_config, tokenizer_for
 from modeling.preprocess import preprocess_config, val_transform
 
 
@@ -40,14 +40,6 @@ class LoadedModel:
 
 def _export_dir(path: str) -> Optional[str]:
     return path if os.path.isfile(os.path.join(path, "open_clip_config.json")) else None
-
-
-def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Trainer checkpoints wrap the open_clip model (module.clip.*); open_clip wants bare keys."""
-    for prefix in ("module.", "clip."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
 
 
 def _from_local_dir(path: str) -> LoadedModel:
@@ -87,7 +79,7 @@ def _model_cfg(path: str, model_config: Optional[str]) -> Dict[str, Any]:
 
 def _build(cfg: Dict[str, Any], state: Dict[str, torch.Tensor], name: str, source: str) -> LoadedModel:
     model = instantiate(cfg, hf_pretrained=False)
-    missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
+    missing, unexpected = model.load_state_dict(open_clip_state_dict(state), strict=False)
     if missing or unexpected:
         raise ModelLoadError(f"--model {source}: weights do not fit the model config ({len(missing)} missing keys "
                              f"e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]}); "

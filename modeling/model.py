@@ -99,6 +99,14 @@ def open_clip_module(model: nn.Module) -> nn.Module:
             return model
 
 
+def open_clip_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A state dict of the engine / ContrastiveModel (module.clip.*) -> the bare keys open_clip loads."""
+    for prefix in ("module.", "clip."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
 def resolve_model_config(name: str) -> Dict[str, Any]:
     """An open_clip built-in name or a path to a model-config JSON -> config dict (a copy)."""
     if name.endswith(".json") or os.path.sep in name:

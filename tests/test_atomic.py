@@ -42,7 +42,7 @@ def test_no_second_copy_of_the_atomic_write():
     """Every os.replace of a file lives in clipforge_base/atomic.py (pretrain/checkpoint.py renames a
     checkpoint folder into place)."""
     packages = ["clipforge_base", "data_pipeline", "modeling", "pretrain", "eval", "launch"]
-    out = subprocess.run(["git", "grep", "-n", "--untracked", "os.replace", "--", *packages], cwd=REPO, capture_output=True,
-                         text=True).stdout.splitlines()
+    out = subprocess.run(["git", "grep", "-n", "--untracked", "os.replace", "--", *packages], cwd=REPO,
+                         capture_output=True, text=True).stdout.splitlines()
     places = sorted(line.split(":")[0] for line in out)
     assert places == ["clipforge_base/atomic.py", "pretrain/checkpoint.py"], out
