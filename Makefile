@@ -7,7 +7,7 @@ STAMP := $(VENV)/.stamp-setup
 # CPU defaults (this project's dev/CI machines have no GPU); on a GPU node run the CLI directly.
 CPU_ENV := HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: demo test test-fast test-multiprocess bench bench-quick bench-learning flickr8k clean-venv
+.PHONY: demo test test-fast test-multiprocess bench bench-quick bench-learning flickr8k gpu-check clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench-learning: $(STAMP)
 flickr8k: $(STAMP)
 	$(CPU_ENV) $(PY) -m pip install -q -e '.[lit]'
 	$(CPU_ENV) bash configs/flickr8k.sh
+
+# The GPU kit (docs/gpu.md): on a CUDA node, pytest -m gpu then python -m bench.gpu, all under one folder,
+# bounded in wall time; without CUDA one line and exit 2. No venv, no registry: the node's own python and
+# torch (GPU_PYTHON=...), GPU_CHECK_ARGS="--wheels wheels/ --out DIR" for carried wheels / another folder.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
