@@ -205,14 +205,14 @@ def main(argv=None) -> int:
     info["torch"] = _torch_version()
     # GPU figures come from another machine, learning figures from `make bench-learning` (hours): keep what
     # is there, from the target or BENCHMARKS.md.
-    kept = {}
+    other_machines = {}
     for name in ("gpu", "learning"):
         for src in (out, REPO / "BENCHMARKS.md"):
-            kept[name] = section(src.read_text(), name) if src.is_file() else None
-            if kept[name] is not None:
+            other_machines[name] = section(src.read_text(), name) if src.is_file() else None
+            if other_machines[name] is not None:
                 break
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(out), render(records, args.quick, info, kept["gpu"], kept["learning"]))
+    write_atomic(str(out), render(records, args.quick, info, other_machines["gpu"], other_machines["learning"]))
     ok = sum(rec["status"].startswith("ok") for rec in records)
     print(f"[bench] {ok}/{len(records)} benchmarks ran; wrote {out}")
     return 1 if args.strict and ok < len(records) else 0

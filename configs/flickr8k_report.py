@@ -77,14 +77,14 @@ def model_text(r: dict) -> str:
 
 def plot(runs, figures: str) -> tuple:
     os.makedirs(figures, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for r in runs:
         ax.plot([x["step"] for x in r["rows"]], [x["loss"] for x in r["rows"]], label=r["name"])
     ax.set(xlabel="step (128 pairs)", ylabel="train contrastive loss", title="Flickr8k train loss")
-    ax.grid(alpha=0.3), ax.legend()
+    ax.grid(alpha=0.3), ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
     loss_png = os.path.join(figures, "flickr8k-loss.png")
     fig.tight_layout(), fig.savefig(loss_png, dpi=100), plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for r in runs:
         steps = [s for s, _ in r["dev"]]
         for (key, label), style in zip(METRICS, ("-o", "--s")):
@@ -92,7 +92,7 @@ def plot(runs, figures: str) -> tuple:
     chance = runs[0]["test"]["clipforge"]["chance"]["mean_recall@10"]
     ax.axhline(100 * chance, color="grey", lw=0.8, ls=":", label="chance R@10")
     ax.set(xlabel="step", ylabel="dev R@10 (%)", title="Flickr8k dev recall@10 (1k images, 5k captions)")
-    ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    ax.grid(alpha=0.3), ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # hides no point
     dev_png = os.path.join(figures, "flickr8k-dev-recall.png")
     fig.tight_layout(), fig.savefig(dev_png, dpi=100), plt.close(fig)
     return loss_png, dev_png
@@ -116,7 +116,9 @@ def recipe_text(r: dict) -> str:
     k = c["data"].get("captions_per_sample", 1)
     cached = c["model"].get("hf_text_dir") and c["model"].get("lock_text") and c["model"].get("text_cache", True)
     return (f"{c['deepspeed']['precision']}, lr {c['optim']['lr']:g}, wd {c['optim']['weight_decay']:g}, "
-            f"{k} caption{'s' if k > 1 else ''}/visit" + (", text tower cached" if cached else ""))
+            f"{k} caption{'s' if k > 1 else ''}/visit" + (", text tower cached" if cached else "")
+            + f", crop {'-'.join(f'{x:g}' for x in c['data'].get('crop_scale', [0.9, 1.0]))}"
+            + (" + flip" if c["data"].get("hflip") else ""))
 
 
 def peer_rows(learning_json: str, ncols: int) -> list:

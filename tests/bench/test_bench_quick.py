@@ -16,7 +16,8 @@ SUBSET = ["gpu", "loss"]
 
 def test_run_all_quick_writes_table(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    out.write_text(with_section("# old\n", "gpu", "H100 figures from an earlier run"))
+    out.write_text(with_section(with_section("# old\n", "gpu", "H100 figures from an earlier run"),
+                                "learning", "side-by-side figures of make bench-learning"))
     names = SUBSET + ["common", "not_written_yet"]
     proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--only", ",".join(names),
                            "--out", str(out), "--timeout", "100"],
@@ -39,6 +40,7 @@ def test_run_all_quick_writes_table(tmp_path):
     assert "| not_written_yet | missing: bench/not_written_yet.py does not exist yet |" in runs
     # the GPU section from another machine survives the rewrite
     assert section(text, "gpu") == "H100 figures from an earlier run\n"
+    assert section(text, "learning") == "side-by-side figures of make bench-learning\n"  # hours: kept too
     assert "# old" not in text
 
     # --only X --keep-others: other benchmarks' last results stay listed, marked with their date
