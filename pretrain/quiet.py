@@ -21,6 +21,9 @@ def quiet_cpu_startup(on_cpu: bool):
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
+        # ... and, for the rest of the run, torch's FutureWarning each time DeepSpeed's ZeRO calls a collective
+        # torch renamed (`torch.distributed.all_gather_into_tensor` is deprecated ...): DeepSpeed's to fix.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         # DeepSpeed's log handler binds sys.stdout when it is first imported: inside this block, the buffer.
         for handler in logging.getLogger("DeepSpeed").handlers:
             if getattr(handler, "stream", None) is buffer:
