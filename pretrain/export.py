@@ -73,9 +73,19 @@ def write_export(state: Dict[str, torch.Tensor], model_cfg: dict, preprocess_cfg
     return export_dir
 
 
+def frozen_fp32(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The frozen (locked-tower) parameters as they are before DeepSpeed casts the module to bf16/fp16:
+    no optimizer keeps an fp32 master of a parameter it does not train, so without this copy the export
+    would carry a pretrained tower rounded to 8 mantissa bits (call before build_engine)."""
+    return {name[len(PREFIX):]: p.detach().float().cpu().clone() for name, p in model.named_parameters()
+            if not p.requires_grad and name.startswith(PREFIX)}
+
+
 def export_model(engine, model_cfg: dict, preprocess_cfg: dict, run_dir: str, folder: str = "export",
-                 model_pt: bool = True) -> None:
+                 model_pt: bool = True, frozen: Dict[str, torch.Tensor] = None) -> None:
+    """frozen: `frozen_fp32(model)` of a bf16/fp16 run: the locked tower's exact weights."""
     state = consolidated_state_dict(engine)
+    state.update(frozen or {})
     if dist.get_rank() == 0:
         write_export(state, model_cfg, preprocess_cfg, run_dir, folder, model_pt)
     dist.barrier()

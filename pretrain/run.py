@@ -22,7 +22,7 @@ from modeling.config import RunConfig, check_batch_split, save_config
 from pretrain.distributed import init_distributed
 from pretrain.engine import build_engine
 from pretrain.ema import ModelEMA
-from pretrain.export import export_model
+from pretrain.export import export_model, frozen_fp32
 from pretrain.loss import build_loss
 from pretrain.metrics import MetricsLogger, eval_line
 from modeling.model import build_model
@@ -119,6 +119,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     # Before the engine: under ZeRO-3 the tower's parameters are partitioned afterwards.
     bundle.model.to(dist.device)
     bundle.text_store = ensure_text_store(cfg, bundle, rank, world, dist.device)
+    frozen = frozen_fp32(bundle.model) if cfg.deepspeed.precision != "fp32" else None
     engine, base_lrs = build_engine(cfg, bundle.model, dist, accum, run_dir)
     _seed_all(cfg.train.seed + rank)  # per-rank dropout / patch-dropout masks
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes,
@@ -170,10 +171,11 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
         if checkpoints.last_tag != tag_for(state["step"]):
             checkpoints.save(engine, dict(state, data=loader.state_dict()))
         if cfg.checkpoint.export_at_end:
-            export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir)
+            export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir, frozen=frozen)
             if ema is not None:
                 with ema.swapped_in():
-                    export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir, "export-ema", model_pt=False)
+                    export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir, "export-ema", model_pt=False,
+                                 frozen=frozen)
             if rank == 0:
                 print(f"exported {os.path.join(run_dir, 'model.pt')} and {os.path.join(run_dir, 'export')}"
                       + (f" (EMA: {os.path.join(run_dir, 'export-ema')})" if ema is not None else ""), file=sys.stderr)
