@@ -22,7 +22,7 @@ from eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
 from eval.errors import EvalDataError
 from eval.ranking import DEFAULT_TILE
 from eval.retrieval import chance_levels, retrieval_metrics
-from modeling.model import open_clip_module
+from modeling.model import embed_dim, open_clip_module
 from modeling.preprocess import val_transform
 
 
@@ -76,7 +76,7 @@ def embed_share(model, tokenizer, transform, data, batch_size, device, precision
                                   progress=progress and rank == 0, lockstep=lockstep)
     finally:
         module.train(was_training)
-    return empty_like_dim(local, module.visual.output_dim)
+    return empty_like_dim(local, embed_dim(module))
 
 
 def gather_skips(comm, local: Embedded):

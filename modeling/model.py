@@ -86,6 +86,16 @@ class ModelBundle:
         return self.model.clip
 
 
+def embed_dim(clip: nn.Module) -> int:
+    """Width d of the joint embedding of an open_clip model (what a rank with no eval samples sizes its
+    [0, d] tensors by). ViT and ModifiedResNet towers carry it as `output_dim`; open_clip's TimmModel
+    does not, its head's last Linear does (`out_features` survives ZeRO-3 partitioning, shapes do not)."""
+    visual = clip.visual
+    if hasattr(visual, "output_dim"):
+        return visual.output_dim
+    return [m for m in visual.head.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
 def open_clip_module(model: nn.Module) -> nn.Module:
     """The open_clip model inside a DeepSpeed engine / DDP (.module) and the ContrastiveModel wrapper (.clip):
     what encode_image / encode_text are called on. An open_clip model is returned as it is."""

@@ -65,6 +65,10 @@ def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_para
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
         "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16},
+        # DeepSpeed 0.19.7 casts only the parameters to bf16/fp16 and keeps float buffers fp32, so a
+        # BatchNorm (open_clip's ResNets, timm towers) meets fp32 running stats with a bf16 input and
+        # fails; buffers follow the parameters (the text attention mask is 0/-inf, exact in both).
+        "data_types": {"buffer_dtype": ds.precision},
         "steps_per_print": 10 ** 12,  # clipforge logs itself
         "wall_clock_breakdown": False,
         # A torch AdamW is passed in (no JIT-built DeepSpeed kernels on CPU).
