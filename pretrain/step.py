@@ -14,6 +14,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from pretrain.distributed import average_batchnorm_statistics
 from pretrain.engine import manual_clipping
 from pretrain.loss import per_micro_batch, splice_micro_batch
 
@@ -104,6 +105,7 @@ def train_step(engine, loss_fn, images, text, accum: int, cfg) -> StepResult:
     on the engine's device."""
     text = text if isinstance(text, TextInput) else TextInput(text)
     loss, ran, scale = _forward_backward(engine, loss_fn, images, text, accum)
+    average_batchnorm_statistics(engine.module)  # the forward updated them, applied step or not
     scale = min(scale, cfg.loss.max_logit_scale)  # the value the loss used (it caps the parameter's exp)
     if not ran:
         return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale)

@@ -63,3 +63,31 @@ def test_conv_tower_trains_in_bf16_and_is_evaluated(tower, shards, tmp_path):
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)
     assert "mean_recall@10" in json.loads((run / "eval" / "step00000002.json").read_text())["metrics"]
     assert (run / "export" / "open_clip_model.safetensors").is_file()
+
+
+def _average_on_two_ranks(rank: int, world: int) -> None:
+    from pretrain.distributed import average_batchnorm_statistics
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(2)).bfloat16()
+    ranks = []
+    for r in range(world):  # the same module on every rank, each with its own running statistics
+        torch.manual_seed(100 + r)
+        ranks.append([torch.rand(4).bfloat16(), torch.rand(4).bfloat16() + 1, torch.rand(2).bfloat16()])
+    for bn_index, bn in ((0, net[1]), (2, net[2])):
+        bn.running_mean.copy_(ranks[rank][bn_index])
+    net[1].running_var.copy_(ranks[rank][1])
+    weight = net[0].weight.detach().clone()
+    average_batchnorm_statistics(net)
+    expected_mean = (ranks[0][0].float() + ranks[1][0].float()) / 2
+    expected_var = (ranks[0][1].float() + ranks[1][1].float()) / 2
+    assert net[1].running_mean.dtype == torch.bfloat16
+    assert torch.equal(net[1].running_mean, expected_mean.bfloat16())
+    assert torch.equal(net[1].running_var, expected_var.bfloat16())
+    assert torch.equal(net[2].running_mean, ((ranks[0][2].float() + ranks[1][2].float()) / 2).bfloat16())
+    assert torch.equal(net[0].weight, weight)  # parameters are not touched
+
+
+@pytest.mark.multiprocess
+def test_batchnorm_statistics_are_averaged_over_ranks_in_their_dtype():
+    from tests.pretrain.test_gather_dist import spawn_gloo
+    spawn_gloo(_average_on_two_ranks, 2)
