@@ -14,7 +14,40 @@ import sys
 import tarfile
 from collections import defaultdict
 
+from clipforge_base.errors import UserError
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+SHARD_FIELDS = ("name", "bytes", "sha256", "samples")
+
+
+class NotAShardDataset(UserError, ValueError):
+    """DIR has no well-formed manifest.json, or a file verify must read cannot be read (exit 2)."""
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8, not JSON
+        raise NotAShardDataset(str(error)) from None
+
+
+def load_manifest(root: str) -> dict:
+    """manifest.json with every field verify reads; NotAShardDataset (naming the field) otherwise."""
+    manifest = _read_json(os.path.join(root, "manifest.json"))
+    if not isinstance(manifest, dict):
+        raise NotAShardDataset(f"{root}/manifest.json: expected a JSON object")
+    if manifest.get("format") != "clipforge-shards":
+        raise NotAShardDataset(f"{root}/manifest.json: format is {manifest.get('format')!r}, not 'clipforge-shards'")
+    for field in ("shards", "num_samples") + (("counts",) if "input_items" in manifest else ()):
+        if field not in manifest:
+            raise NotAShardDataset(f"{root}/manifest.json: no {field!r} field")
+    entries = manifest["shards"]
+    well_formed = isinstance(entries, list) and all(isinstance(entry, dict) and set(SHARD_FIELDS) <= set(entry)
+                                                    for entry in entries)
+    if not well_formed:
+        raise NotAShardDataset(f"{root}/manifest.json: 'shards' must be a list of {{{', '.join(SHARD_FIELDS)}}}")
+    return manifest
 
 
 def _decode(data: bytes, extension: str) -> None:
@@ -54,13 +87,24 @@ def check_sample(shard: str, key: str, members: dict, problems: list) -> None:
         problems.append(f"{where}: .json does not parse ({error})")
 
 
+def _parquet_statuses(path: str) -> list:
+    import pyarrow.parquet as pq
+    try:
+        return pq.read_table(path, columns=["status"]).column("status").to_pylist()
+    except (OSError, ValueError) as error:  # pyarrow's errors derive from these: a damaged or foreign file
+        raise NotAShardDataset(f"{path}: {error}") from None
+
+
 def check_shard(root: str, entry: dict, seen: dict, problems: list) -> int:
     name, path = entry["name"], os.path.join(root, entry["name"])
     if not os.path.isfile(path):
         problems.append(f"{name}: missing (listed in manifest.json)")
         return 0
-    with open(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise NotAShardDataset(str(error)) from None
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         problems.append(f"{name}: {len(data)} bytes / sha256 differ from the manifest ({entry['bytes']} bytes): "
                         "the file changed after conversion")
@@ -84,19 +128,15 @@ def check_shard(root: str, entry: dict, seen: dict, problems: list) -> int:
         problems.append(f"{name}: {len(samples)} samples, manifest says {entry['samples']}")
     parquet = os.path.join(root, name[:-len(".tar")] + ".parquet")
     if os.path.isfile(parquet):
-        import pyarrow.parquet as pq
-        statuses = pq.read_table(parquet, columns=["status"]).column("status").to_pylist()
+        statuses = _parquet_statuses(parquet)
         if statuses.count("success") != len(samples):
             problems.append(f"{name}: parquet lists {statuses.count('success')} successes, tar has {len(samples)}")
     return len(samples)
 
 
 def verify(root: str, progress: bool = True) -> tuple:
-    """-> (manifest, samples read, problems). Raises FileNotFoundError/ValueError when DIR has no valid manifest."""
-    with open(os.path.join(root, "manifest.json"), encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    if manifest.get("format") != "clipforge-shards":
-        raise ValueError(f"{root}/manifest.json: format is {manifest.get('format')!r}, not 'clipforge-shards'")
+    """-> (manifest, samples read, problems). Raises NotAShardDataset when DIR has no valid manifest."""
+    manifest = load_manifest(root)
     problems, seen, total = [], {}, 0
     from tqdm import tqdm
     for entry in tqdm(manifest["shards"], unit="shard", desc="verify", disable=not progress, file=sys.stderr):
@@ -108,8 +148,7 @@ def verify(root: str, progress: bool = True) -> tuple:
                         f"input_items is {manifest['input_items']}")
     sizes_path = os.path.join(root, "sizes.json")
     if os.path.isfile(sizes_path):
-        with open(sizes_path, encoding="utf-8") as handle:
-            sizes = json.load(handle)
+        sizes = _read_json(sizes_path)
         expected = {entry["name"]: entry["samples"] for entry in manifest["shards"]}
         if sizes != expected:
             problems.append("sizes.json: differs from manifest.json's shard sample counts")
@@ -127,7 +166,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         manifest, total, problems = verify(args.dir, args.progress)
-    except (OSError, ValueError, KeyError) as error:
+    except UserError as error:  # anything else is a bug: its traceback, exit 1
         print(f"clipforge verify: error: {args.dir} is not a readable shard dataset: {error}", file=sys.stderr)
         return 2
     for problem in problems:

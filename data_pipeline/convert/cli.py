@@ -4,9 +4,10 @@ import json
 import os
 import sys
 
+from clipforge_base.errors import UserError
 from .api import convert
 from .merge import merge
-from .options import ENCODE_FORMATS, FORMATS, RESIZE_MODES, ConvertError
+from .options import ENCODE_FORMATS, FORMATS, RESIZE_MODES
 
 EXAMPLES = """examples:
   clipforge convert ../shared/data/flickr8k/captions.csv --out shards/ \\
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
                    if key not in ("inputs", "out", "merge_only", "summary_json", "keep_cols")}
         keep_cols = [column.strip() for column in args.keep_cols.split(",") if column.strip()]
         summary = convert(args.inputs, args.out, keep_cols=keep_cols, **options)
-    except ConvertError as error:
+    except UserError as error:  # anything else is a bug: its traceback, exit 1
         print(f"clipforge convert: error: {error}", file=sys.stderr)
         return 2
     print_summary(summary)
