@@ -7,7 +7,7 @@ Training (ViT-B/32, ViT-L/14): one step = clipforge's model (modeling.model.buil
 bf16 autocast, clipforge's loss (pretrain.loss, config defaults), backward, torch fused AdamW (fp32
 master weights) on one device, synthetic data in device memory. Not the DeepSpeed engine: its
 ZeRO bookkeeping does not survive the out-of-memory probes of the batch search.
-Reported: samples/s, MFU = model FLOPs per sample (bench/flops.py, 3x forward) x samples/s over the
+Reported: samples/s, MFU = model FLOPs per sample (modeling/flops.py, 3x forward) x samples/s over the
 device's bf16 matmul peak MEASURED here with a large matmul, peak memory, and the data-wait
 fraction (time to fetch the next batch / step time: ~0 by construction with in-memory data; the
 loader's own throughput is bench/loader.py's figure). Loss: forward + backward of the loss alone
@@ -24,8 +24,8 @@ from typing import Callable, Dict, List
 import torch
 
 from bench.common import cli, markdown_table, result, with_section, write_atomic
-from bench.flops import clip_flops
 from bench.gpu_loss import loss_figures, loss_rows_markdown
+from modeling.flops import clip_flops
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "models" / "tiny-vit.json")

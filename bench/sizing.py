@@ -12,7 +12,8 @@ from functools import lru_cache
 from typing import Dict
 
 from bench.common import markdown_table, with_section, write_atomic
-from bench.flops import model_config
+from bench.model_configs import model_config
+from modeling.flops import TEXT_DEFAULTS, vision_tokens
 
 GB = 1e9
 MODELS = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-g-14"]
@@ -72,10 +73,9 @@ def zero_bytes(params: int, stage: int, gpus: int) -> Dict[str, float]:
 
 
 def _towers(cfg: Dict):
-    v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    size = v.get("image_size", 224)
-    tokens_v = (size // v["patch_size"]) ** 2 + 1
-    return [(tokens_v, v["width"], v["layers"]), (t.get("context_length", 77), t["width"], t["layers"])]
+    """(tokens, width, layers) of the image and the text tower."""
+    v, t = cfg["vision_cfg"], {**TEXT_DEFAULTS, **cfg["text_cfg"]}
+    return [(vision_tokens(v), v["width"], v["layers"]), (t["context_length"], t["width"], t["layers"])]
 
 
 def activation_bytes_per_sample(cfg: Dict, checkpointing: bool = False) -> float:

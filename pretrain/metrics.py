@@ -13,31 +13,10 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from modeling.flops import train_flops_per_sample
+
 # Dense bf16 tensor-core peak FLOP/s per GPU (vendor datasheets, SXM parts); MFU is omitted elsewhere.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-
-
-def _transformer_fwd_flops(tokens: int, width: int, layers: int, mlp_ratio: float) -> float:
-    # per layer: qkv + out projections (4 w^2) + MLP (2 r w^2) multiply-adds per token, and the
-    # T x T attention scores + weighted sum (2 T w per token); x2 FLOPs per multiply-add.
-    per_layer = 2 * tokens * (4 + 2 * mlp_ratio) * width ** 2 + 4 * tokens ** 2 * width
-    return layers * per_layer
-
-
-def flops_per_sample(model_cfg: dict) -> Optional[float]:
-    """Training FLOPs (fwd + bwd = 3x fwd) of one image-text pair, for open_clip ViT + text transformer
-    configs; None for towers we do not model (timm, HF)."""
-    v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
-    if "timm_model_name" in v or "hf_model_name" in t or "layers" not in v or isinstance(v["layers"], (list, tuple)):
-        return None
-    size = v.get("image_size", 224)
-    size = size if isinstance(size, int) else size[0]
-    patches = (size // v["patch_size"]) ** 2
-    vision = _transformer_fwd_flops(patches + 1, v["width"], v["layers"], v.get("mlp_ratio", 4.0))
-    vision += 2 * patches * 3 * v["patch_size"] ** 2 * v["width"]
-    text = _transformer_fwd_flops(t.get("context_length", 77), t.get("width", 512), t.get("layers", 12),
-                                  t.get("mlp_ratio", 4.0))
-    return 3 * (vision + text)
 
 
 def peak_flops(device: torch.device) -> Optional[float]:
@@ -72,7 +51,7 @@ def eval_line(step: int, metrics: Dict[str, float]) -> str:
 class MetricsLogger:
     def __init__(self, run_dir: str, rank: int, world_size: int, device: torch.device, model_cfg: dict):
         self.run_dir, self.rank, self.world, self.device = run_dir, rank, world_size, device
-        self.flops = flops_per_sample(model_cfg)
+        self.flops = train_flops_per_sample(model_cfg)
         self.peak = peak_flops(device)
         self.writer = None
         self.jsonl = None

@@ -3,7 +3,7 @@ constant against a measurement of real open_clip blocks."""
 import pytest
 import torch
 
-from bench.flops import model_config
+from bench.model_configs import model_config
 from bench.sizing import (ACT_B, activation_bytes_per_sample, loss_bytes, main, param_counts,
                           shard_plan, zero_bytes)
 from bench.sizing_tables import anchors_table, max_batch
@@ -89,3 +89,8 @@ def test_write_refreshes_sections(tmp_path):
     text = doc.read_text()
     assert "stale" not in text and "| 65,536 | 68.7 |" in text and "prose" in text
     assert text.index("prose") < text.index("sizing-zero:begin")  # missing sections are appended
+
+
+def test_model_config_names_what_it_does_not_know():
+    with pytest.raises(ValueError, match="not an open_clip model"):
+        model_config("ViT-Nope-99")
