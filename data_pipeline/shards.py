@@ -30,6 +30,11 @@ class ShardError(UserError, ValueError):
     """A shard dataset path is missing, unreadable or inconsistent; the message names it."""
 
 
+def shard_parquet_name(tar_name: str) -> str:
+    """The parquet of a shard sits beside its tar: shard-000000.tar -> shard-000000.parquet."""
+    return tar_name[:-len(".tar")] + ".parquet"
+
+
 @dataclass(frozen=True)
 class Shard:
     path: str
@@ -51,8 +56,9 @@ class TarIndex:
     truncated: bool
 
 
-def _split_name(name: str) -> Tuple[str, str]:
-    """webdataset's convention: key = path up to the first dot of the basename, ext = the rest."""
+def split_member_name(name: str) -> Tuple[str, str]:
+    """A tar member name -> (sample key, extension), webdataset's convention: key = path up to the first dot
+    of the basename, ext = the rest. The loader, eval and verify all group members by it."""
     slash = name.rfind("/")
     dot = name.find(".", slash + 1)
     if dot < 0:
@@ -84,7 +90,7 @@ def index_tar(path: str) -> TarIndex:
                     break
                 if not info.isfile():
                     continue
-                key, ext = _split_name(info.name)
+                key, ext = split_member_name(info.name)
                 if info.offset_data + info.size > size:
                     truncated, partial_key = True, key
                     break

@@ -15,8 +15,8 @@ import tarfile
 from collections import defaultdict
 
 from clipforge_base.errors import UserError
+from data_pipeline.shards import IMAGE_EXTS, shard_parquet_name, split_member_name
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 SHARD_FIELDS = ("name", "bytes", "sha256", "samples")
 
 
@@ -62,7 +62,7 @@ def _decode(data: bytes, extension: str) -> None:
 
 def check_sample(shard: str, key: str, members: dict, problems: list) -> None:
     where = f"{shard}: key {key}"
-    images = [ext for ext in members if ext in IMAGE_EXTENSIONS]
+    images = [ext for ext in members if ext in IMAGE_EXTS]
     if len(images) != 1:
         problems.append(f"{where}: expected one image member, found {images or 'none'}")
     else:
@@ -112,7 +112,7 @@ def check_shard(root: str, entry: dict, seen: dict, problems: list) -> int:
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar:
-                key, _, extension = member.name.partition(".")
+                key, extension = split_member_name(member.name)
                 if key != last and key in samples:
                     problems.append(f"{name}: key {key}: members are not adjacent")
                 last = key
@@ -126,7 +126,7 @@ def check_shard(root: str, entry: dict, seen: dict, problems: list) -> int:
         check_sample(name, key, members, problems)
     if len(samples) != entry["samples"]:
         problems.append(f"{name}: {len(samples)} samples, manifest says {entry['samples']}")
-    parquet = os.path.join(root, name[:-len(".tar")] + ".parquet")
+    parquet = os.path.join(root, shard_parquet_name(name))
     if os.path.isfile(parquet):
         statuses = _parquet_statuses(parquet)
         if statuses.count("success") != len(samples):
