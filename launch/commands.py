@@ -13,24 +13,14 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from launch import slurm_jobs
+from launch.arguments import EXAMPLES, add_slurm_args, slurm_options
 from launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
-from launch.slurm import SlurmOptions, TrainJob, render_train_script, submit, write_script
+from launch.slurm import TrainJob, render_train_script, submit, write_script
 from launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
 from modeling.config import ConfigError, RunConfig, check_batch_split, load_config
 from pretrain.preflight import preflight, unknown_flag_message
 from pretrain.rundir import already_done, check_resume, describe, finished, target_steps
-
-EXAMPLES = """examples:
-  # after `clipforge demo` (it writes runs/demo/shards-train); train.steps replaces the file's train.epochs:
-  clipforge launch local --config configs/demo-cpu.yaml --nproc 2 train.steps=50 train.run_dir=runs/demo/steps50
-  # two machines (run on each, same endpoint = node rank 0's address and a free port):
-  clipforge launch local --config C.yaml --nproc 8 --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29500
-  clipforge launch slurm --config configs/vit-l-14-multinode-zero2.yaml --nodes 16 --gpus-per-node 8 \\
-      --partition gpu --time 48:00:00 --dry-run
-  clipforge launch slurm convert --parts 16 --out shards/ -- urls.parquet --image-size 256 --workers 8
-  clipforge launch slurm eval --job-dir runs/x/eval-job --gpus-per-node 1 -- --model runs/x --data val/ --task retrieval
-"""
-
 
 USAGE = """usage: clipforge launch local|slurm --config FILE [options] [dotted.key=value ...]
 
@@ -72,29 +62,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the command / script and whether the run resumes; run and write nothing")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.steps=100 optim.lr=1e-4")
-
-
-def add_slurm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int,
-                   help="GPUs (= ranks) per node; required for a GPU config, 0 (default) = CPU job")
-    p.add_argument("--procs-per-node", type=int, default=1, help="CPU ranks per node when --gpus-per-node 0")
-    p.add_argument("--cpus-per-task", type=int,
-                   help="default: every rank of the task plus its data.workers loader processes")
-    for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
-        p.add_argument(f"--{flag}")
-    p.add_argument("--exclusive", action="store_true")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="export this in the job script (repeatable)")
-
-
-def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node or 0, procs_per_node=args.procs_per_node,
-                        cpus_per_task=args.cpus_per_task, partition=args.partition, account=args.account,
-                        time=args.time, qos=args.qos, constraint=args.constraint, exclusive=args.exclusive,
-                        mem=args.mem, env=list(args.env), python=args.python)
-    opts.validate()
-    return opts
 
 
 def _checked(args: argparse.Namespace, cfg: RunConfig, world_size: int) -> Optional[str]:
@@ -208,8 +175,7 @@ def _warn_without_torch(python: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["slurm"] and argv[1:2] in (["convert"], ["eval"]):
-        from launch.slurm_jobs import main as jobs_main
-        return jobs_main(argv[1:])
+        return slurm_jobs.main(argv[1:])
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "\n" + EXAMPLES)
         return 0

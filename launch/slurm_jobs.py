@@ -7,6 +7,7 @@ import shlex
 import sys
 from typing import List
 
+from launch.arguments import EXAMPLES, add_slurm_args, slurm_options
 from launch.slurm import SlurmOptions, q, sbatch_header, env_exports, submit, write_script
 from launch.torchrun import LaunchError
 
@@ -27,7 +28,6 @@ def _split(argv: List[str]):
 
 
 def _parser(kind: str) -> argparse.ArgumentParser:
-    from launch.commands import EXAMPLES, add_slurm_args
     p = argparse.ArgumentParser(prog=f"clipforge launch slurm {kind}", epilog=EXAMPLES,
                                 usage=f"clipforge launch slurm {kind} [options] -- <clipforge {kind} arguments>",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,7 +100,6 @@ def main(argv: List[str]) -> int:
     args = _parser(kind).parse_args(ours)
     workdir = os.getcwd()
     try:
-        from launch.commands import slurm_options
         opts = slurm_options(args)
         if kind == "convert":
             out = os.path.abspath(args.out)
