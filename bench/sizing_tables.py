@@ -1,12 +1,12 @@
-"""The markdown tables of docs/scaling.md, each a function of bench/sizing.py's formulas."""
+"""The markdown tables of docs/scaling.md, each a function of bench/sizing_formulas.py's formulas."""
 from typing import Dict
 
 from bench.common import markdown_table
 from bench.model_configs import model_config
-from bench.sizing import (A100_PEAK, ANCHOR_A100, GB, GPU_COUNTS, H100_PEAK, LOADER_PER_CORE,
-                          LOADER_PER_CORE_SOURCE, MODELS, OPEN_CLIP_PER_CORE,
-                          activation_bytes_per_sample, loader_cores_per_gpu, loss_bytes,
-                          param_counts, shard_plan, zero_bytes)
+from bench.sizing_formulas import (A100_PEAK, ANCHOR_A100, GB, GPU_COUNTS, H100_PEAK, LOADER_PER_CORE,
+                                   LOADER_PER_CORE_SOURCE, MODELS, OPEN_CLIP_PER_CORE,
+                                   activation_bytes_per_sample, loader_cores_per_gpu, loss_bytes,
+                                   param_counts, shard_plan, zero_bytes)
 from modeling.flops import clip_flops
 
 RESERVE = 3 * GB   # CUDA context, allocator slack, DeepSpeed buckets: kept free when sizing batches

@@ -1,11 +1,12 @@
-"""bench.sizing: a few numbers of docs/scaling.md against hand computation, and the activation
-constant against a measurement of real open_clip blocks."""
+"""bench.sizing_formulas: a few numbers of docs/scaling.md against hand computation, and the activation
+constant against a measurement of real open_clip blocks; bench.sizing's --write."""
 import pytest
 import torch
 
 from bench.model_configs import model_config
-from bench.sizing import (ACT_B, activation_bytes_per_sample, loss_bytes, main, param_counts,
-                          shard_plan, zero_bytes)
+from bench.sizing import main
+from bench.sizing_formulas import (ACT_B, activation_bytes_per_sample, loss_bytes, param_counts,
+                                   shard_plan, zero_bytes)
 from bench.sizing_tables import anchors_table, max_batch
 
 GB = 1e9
