@@ -17,7 +17,6 @@ them in order: the batch sequence is deterministic for any worker count.
 """
 import os
 import signal
-import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,16 +51,11 @@ def _passthrough(batch):
 
 class TrainLoader:
     def __init__(self, plan: SamplePlan, dataset: BatchDataset, data_cfg: DataConfig, *, rank: int,
-                 world_size: int, preprocess: Dict, identity: Dict):
+                 world_size: int, identity: Dict):
         self.plan, self.rank, self.world_size = plan, rank, world_size
-        self.preprocess = preprocess  # image size, mean, std: normalisation happens on the device
         self._identity = identity  # what a saved state must match to be resumable here
         self._state = plan.initial_state()
-        self.counters: Dict[str, int] = {}
-        # Seconds the consumer spent blocked in next(batch) and samples handed out: the trainer's
-        # data-wait fraction is data_wait_s / wall time, its throughput samples_yielded / wall time.
-        self.data_wait_s = 0.0
-        self.samples_yielded = 0
+        self.counters: Dict[str, int] = {}  # skipped samples per reason: the trainer logs them, checkpoints keep them
         self._sampler = _PlanSampler()
         workers = data_cfg.workers
         self._loader = torch.utils.data.DataLoader(
@@ -91,18 +85,10 @@ class TrainLoader:
 
     def __iter__(self):
         self._sampler.requests = self.plan.requests(dict(self._state), self.rank, self.world_size)
-        batches = iter(self._loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                out = next(batches)
-            except StopIteration:
-                return
-            self.data_wait_s += time.perf_counter() - t0
+        for out in self._loader:
             for reason, n in out["skipped"].items():
                 self.counters[reason] = self.counters.get(reason, 0) + n
             self._state = out["request"].state_after
-            self.samples_yielded += len(out["keys"])
             yield {k: v for k, v in out.items() if k not in ("skipped", "request")}
 
     def state_dict(self) -> Dict:
@@ -167,9 +153,7 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
                 "weights": [float(s.weight) for s in data_cfg.sources]}
     if data_cfg.captions_per_sample > 1:  # absent at 1: states saved before the option existed still resume
         identity["captions_per_sample"] = data_cfg.captions_per_sample
-    loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size,
-                         preprocess={"image_size": image_size, "mean": list(mean), "std": list(std)},
-                         identity=identity)
+    loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size, identity=identity)
     if state is not None:
         loader.load_state_dict(state)
     return loader

@@ -155,11 +155,11 @@ def test_fewer_shards_than_ranks_times_workers_is_split_by_samples(tmp_path):
     assert sorted(seen) == keys
 
 
-def test_throughput_counters(small_dataset):
+def test_one_pass_is_one_epoch(small_dataset):
+    # samples/s and data wait are the trainer's to time (pretrain/train.py, pretrain/metrics.py), not the loader's
     out, _ = small_dataset
     loader = make_loader([(out, 1)], workers=1)
     assert sum(len(b["keys"]) for b in loader) == 40
-    assert loader.samples_yielded == 40 and loader.data_wait_s > 0
     assert len(loader) == loader.steps_per_epoch == 5 and loader.epoch == 1
 
 
