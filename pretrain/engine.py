@@ -31,9 +31,11 @@ def manual_clipping(cfg: RunConfig) -> bool:
     return cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision == "fp32"
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_params: int = None) -> dict:
+def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_params: int = None,
+                     backend: str = None) -> dict:
     """num_params (trainable): buckets are capped at the model's size. ZeRO-3 allocates its reduce bucket
-    up front: the default 5e8 elements is a 2 GB fp32 buffer per rank, 250x a 7 M-parameter model."""
+    up front: the default 5e8 elements is a 2 GB fp32 buffer per rank, 250x a 7 M-parameter model.
+    backend: the process group's (torch.distributed.get_backend()), "gloo" or "nccl"."""
     ds = cfg.deepspeed
     micro = cfg.train.global_batch_size // (world_size * accum_steps)
     # Rounded up to 64 elements: DeepSpeed wants a multiple of its alignment factor (2 fp32, 4 bf16 on 2 ranks).
@@ -46,11 +48,12 @@ def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_para
         zero.pop("allgather_bucket_size")
         zero.update(stage3_prefetch_bucket_size=cap(ds.allgather_bucket_size),
                     stage3_gather_16bit_weights_on_model_save=False)
-        if cfg.train.device == "cpu":
+        if backend == "gloo":
             # DeepSpeed 0.19.7's coalesced gather (GatheredParameters over many parameters: the periodic eval)
             # waits only on the last of its async gloo all_gathers; gloo finishes them out of order, so on CPU
             # earlier parameters were read half-written (18 of 30 gathers of the tiny model, 1e37 garbage).
-            # NCCL orders them on one stream, so only CPU needs one blocking gather per parameter.
+            # NCCL orders them on one stream, so only gloo needs one blocking gather per parameter. Keyed on
+            # the backend chosen, not on train.device: `auto` on a machine without a GPU is gloo too.
             zero["stage3_allgather_sequential"] = True
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -153,7 +156,8 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
     """-> (DeepSpeed engine, base lr per param group). Steps 1-5 of the module docstring, in that order."""
     activation_checkpointing(model, cfg)                                              # 1
     optimizer, base_lrs, trainable = optimizer_for(model, cfg, dist)                  # 2
-    config = deepspeed_config(cfg, dist.world_size, accum_steps, trainable)           # 3
+    config = deepspeed_config(cfg, dist.world_size, accum_steps, trainable,
+                              backend=torch.distributed.get_backend())                # 3
     write_deepspeed_json(config, run_dir, dist.rank)
     engine = initialize(model, optimizer, config, cfg, dist)                          # 4
     nonfinite_guards(engine, cfg)                                                     # 5
