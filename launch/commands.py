@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from clipforge_base.errors import UserError
 from launch import slurm_jobs
 from launch.arguments import EXAMPLES, add_slurm_args, slurm_options
 from launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
@@ -192,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return launch_local(args) if mode == "local" else launch_slurm(args)
-    except (ConfigError, LaunchError) as err:
+    except UserError as err:  # anything else is a bug: its traceback, exit 1
         print(f"clipforge launch: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ import shlex
 import sys
 from typing import List
 
+from clipforge_base.errors import UserError
 from launch.arguments import EXAMPLES, add_slurm_args, slurm_options
 from launch.slurm import SlurmOptions, q, sbatch_header, env_exports, submit, write_script
 from launch.torchrun import LaunchError
@@ -122,6 +123,6 @@ def main(argv: List[str]) -> int:
             merge_id = submit(paths["merge.sbatch"], [f"--dependency=afterok:{first}", "--kill-on-invalid-dep=yes"])
             print(f"clipforge launch: submitted merge job {merge_id} (runs after every part of job {first} succeeded)")
         return 0
-    except LaunchError as err:
+    except UserError as err:  # anything else is a bug: its traceback, exit 1
         print(f"clipforge launch: error: {err}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
-"""`clipforge launch` catches user errors only (ConfigError, LaunchError: one line, exit 2); a bug inside it -- a
-plain ValueError included, though both derive from ValueError -- raises with its traceback (exit 1). In process,
-through the `clipforge` dispatcher, for each of launch's paths: local, slurm, slurm convert."""
+"""`clipforge launch` catches user errors only (clipforge_base.errors.UserError: one line, exit 2); a bug inside
+it -- a plain ValueError included, though ConfigError and LaunchError derive from it -- raises with its traceback
+(exit 1). In process, through the `clipforge` dispatcher, for each of launch's paths: local, slurm, slurm convert."""
 import pytest
 
+from clipforge_base.errors import UserFileNotFound
 from launch import cli
 
 from .launch_helpers import marker_dataset, write_config
@@ -43,3 +44,13 @@ def test_a_bug_inside_launch_raises_with_its_traceback(path, bug, tmp_path, monk
 def test_a_user_error_inside_launch_is_still_one_line_exit_2(tmp_path, capsys):
     assert cli.main(_train_args(tmp_path, "local") + ["--nproc", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["clipforge launch: error: --nproc 0: must be >= 1"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_any_user_error_inside_launch_is_one_line_exit_2(path, tmp_path, monkeypatch, capsys):
+    # not only ConfigError and LaunchError: every UserError subclass is the user's to fix
+    target, argv = PATHS[path]
+    monkeypatch.setattr(target, _raise(UserFileNotFound("x.json: no such file")))
+    assert cli.main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err   # a dry run says first what it found in the run dir
+    assert err.strip().splitlines()[-1] == "clipforge launch: error: x.json: no such file" and "Traceback" not in err
