@@ -124,7 +124,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     _seed_all(cfg.train.seed + rank)  # per-rank dropout / patch-dropout masks
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes,
                                     cfg.checkpoint.keep_last, rank)
-    state = {"step": 0, "samples_seen": 0, "nonfinite_total": 0, "nonfinite_consecutive": 0}
+    state = {"step": 0, "samples_seen": 0, "nonfinite_total": 0, "nonfinite_consecutive": 0, "overflow_total": 0}
     data_state = None
     ema = ModelEMA(engine, cfg.model.ema_decay) if cfg.model.ema_decay is not None else None
     if ema is not None:
@@ -133,7 +133,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     if path is not None:
         saved = checkpoints.load(engine, path)
         data_state = saved.pop("data", None)
-        state.update({k: saved[k] for k in state})
+        state.update({k: saved.get(k, 0) for k in state})  # overflow_total: absent before it was counted
         saved_ema = checkpoints.load_per_rank(path, "ema") if ema is not None else None
         if saved_ema is not None:
             ema.load_state_dict(saved_ema)

@@ -25,6 +25,11 @@ class StepResult:
     grad_norm: Optional[float]
     applied: bool  # False: non-finite loss or gradient, weights untouched
     logit_scale: float  # the (clamped) scale used by this step's loss
+    # fp16 only: the loss was finite and DeepSpeed's loss scaler skipped the step because the scaled
+    # gradient overflowed (it halves the scale and goes on). Normal early in a run (the scale starts at
+    # 2^16), so it is counted apart and never toward train.max_nonfinite_steps; a gradient that stays
+    # non-finite drives the scale to its minimum, where DeepSpeed itself stops the run.
+    overflow: bool = False
 
 
 def _all_finite(value: torch.Tensor) -> bool:
@@ -120,5 +125,7 @@ def train_step(engine, loss_fn, images, text, accum: int, cfg) -> StepResult:
     if grad_norm is None:
         norm = engine.get_global_grad_norm()
         grad_norm = float(norm) if norm is not None else None
+    if cfg.deepspeed.precision == "fp16" and not engine.was_step_applied():
+        return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale, overflow=True)
     applied = engine.was_step_applied() and grad_norm is not None and math.isfinite(grad_norm)
     return StepResult(loss=loss.item(), grad_norm=grad_norm, applied=bool(applied), logit_scale=scale)

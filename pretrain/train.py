@@ -57,7 +57,8 @@ def _agree(flags, device) -> list:
 
 def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dict],
                counters: Callable[[], Dict[str, int]], state: dict) -> int:
-    """state: trainer_state dict (step, samples_seen, nonfinite_total, nonfinite_consecutive), updated in place."""
+    """state: trainer_state dict (step, samples_seen, nonfinite_total, nonfinite_consecutive, overflow_total),
+    updated in place."""
     cfg, engine, rank = t.cfg, t.engine, dist.get_rank()
     batches = iter(batches)
     while state["step"] < t.total_steps:
@@ -76,6 +77,8 @@ def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dic
             state["nonfinite_consecutive"] = 0
             if t.ema is not None:
                 t.ema.update()
+        elif result.overflow:
+            state["overflow_total"] += 1
         else:
             state["nonfinite_total"] += 1
             state["nonfinite_consecutive"] += 1
@@ -92,7 +95,8 @@ def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dic
         t.metrics.add(batch["images"].shape[0], wait)
         if state["step"] % cfg.train.log_every == 0 or state["step"] == t.total_steps:
             t.metrics.log(state["step"], {"loss": result.loss, "lr": lr, "logit_scale": result.logit_scale,
-                                          "grad_norm": result.grad_norm, "nonfinite_steps": state["nonfinite_total"]},
+                                          "grad_norm": result.grad_norm, "nonfinite_steps": state["nonfinite_total"],
+                                          "loss_scale_overflows": state["overflow_total"]},
                           counters())
         if t.evaluate is not None and cfg.eval.every_steps > 0 and state["step"] % cfg.eval.every_steps == 0:
             t.evaluate(state["step"])
