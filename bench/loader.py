@@ -61,7 +61,6 @@ def child_clipforge(shards: str, epochs: int) -> dict:
 
     cfg = DataConfig(sources=[SourceConfig(shards)], workers=1, prefetch=2)
     loader = build_train_loader(cfg, seed=0, global_batch_size=BATCH, rank=0, world_size=1, image_size=IMAGE_SIZE,
-                                mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD,
                                 tokenizer=open_clip.get_tokenizer(MODEL), drop_last=False)
 
     def run_epoch(_):

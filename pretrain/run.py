@@ -36,7 +36,6 @@ def stream_loader(cfg: RunConfig, dist, bundle, state: Optional[dict]):
 
     return build_train_loader(cfg.data, seed=cfg.train.seed, global_batch_size=cfg.train.global_batch_size,
                               rank=dist.rank, world_size=dist.world_size, image_size=bundle.image_size,
-                              mean=bundle.preprocess_cfg["mean"], std=bundle.preprocess_cfg["std"],
                               tokenizer=bundle.tokenizer, state=state, drop_last=True,
                               text_store=bundle.text_store)
 

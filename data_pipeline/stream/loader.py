@@ -1,7 +1,7 @@
 """build_train_loader: per-rank training batches from the sources of a DataConfig, exactly resumable.
 
     loader = build_train_loader(cfg.data, seed=0, global_batch_size=256, rank=r, world_size=w,
-                                image_size=224, mean=..., std=..., tokenizer=tok, state=ckpt.get("loader"))
+                                image_size=224, tokenizer=tok, state=ckpt.get("loader"))
     for batch in loader:          # the rest of the current epoch; a new `for` starts the next one
         batch["images"]           # uint8 [b, 3, 224, 224]   (b = B / world, fewer when samples were bad)
         batch["tokens"]           # int64 [b*K, L] (K = data.captions_per_sample; image-major)
@@ -17,7 +17,7 @@ them in order: the batch sequence is deterministic for any worker count.
 """
 import os
 import signal
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -112,8 +112,7 @@ class TrainLoader:
 
 
 def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
-                       image_size: int, mean: Sequence[float], std: Sequence[float],
-                       tokenizer: Callable[[List[str]], torch.Tensor], state: Optional[Dict] = None,
+                       image_size: int, tokenizer: Callable[[List[str]], torch.Tensor], state: Optional[Dict] = None,
                        drop_last: bool = True, text_store: Optional[Tuple[str, Dict]] = None) -> TrainLoader:
     """The train loader of one rank. Opens (and checks) every shard path before starting anything.
     text_store: (name, model identity) of stored text embeddings beside every source (checked against

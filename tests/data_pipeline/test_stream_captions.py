@@ -16,7 +16,7 @@ def loader(path, k, mode="epoch", workers=0, batch=8):
     cfg = DataConfig(sources=[SourceConfig(path=str(path))], mode=mode, workers=workers, captions_per_sample=k,
                      shuffle_window=16)
     return build_train_loader(cfg, seed=3, global_batch_size=batch, rank=0, world_size=1, image_size=16,
-                              mean=[0.5] * 3, std=[0.5] * 3, tokenizer=caption_number)
+                              tokenizer=caption_number)
 
 
 def test_k_distinct_captions_per_image_image_major(tmp_path):

@@ -19,7 +19,7 @@ def make_loader(sources, *, rank=0, world=1, workers=0, batch=8, state=None, mod
     cfg = DataConfig(sources=[SourceConfig(str(p), w) for p, w in sources], mode=mode, shuffle_window=window,
                      workers=workers)
     return build_train_loader(cfg, seed=seed, global_batch_size=batch, rank=rank, world_size=world,
-                              image_size=24, mean=(0.5,) * 3, std=(0.5,) * 3, tokenizer=TOKENIZER,
+                              image_size=24, tokenizer=TOKENIZER,
                               state=state, drop_last=drop_last)
 
 

@@ -17,7 +17,7 @@ def test_worker_memory_is_flat_over_epochs(tmp_path):
     write_dataset(tmp_path, num_shards=30, per_shard=8)
     cfg = DataConfig(sources=[SourceConfig(str(tmp_path))], shuffle_window=16, workers=2)
     loader = build_train_loader(cfg, seed=0, global_batch_size=24, rank=0, world_size=1, image_size=32,
-                                mean=(0.0,) * 3, std=(1.0,) * 3, tokenizer=TOKENIZER)
+                                tokenizer=TOKENIZER)
     me = psutil.Process()
     # Only the loader's workers: other tests of the session may have left children of their own.
     others = {child.pid for child in me.children()}

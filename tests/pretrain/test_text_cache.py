@@ -29,8 +29,7 @@ def lit_setup(tmp_path, tiny_model_config):
 
 def loader(cfg, bundle, store):
     return build_train_loader(cfg.data, seed=0, global_batch_size=6, rank=0, world_size=1,
-                              image_size=bundle.image_size, mean=bundle.preprocess_cfg["mean"],
-                              std=bundle.preprocess_cfg["std"], tokenizer=bundle.tokenizer, text_store=store)
+                              image_size=bundle.image_size, tokenizer=bundle.tokenizer, text_store=store)
 
 
 def test_cached_losses_equal_live_losses(lit_setup):
