@@ -4,7 +4,7 @@
 
 Runs, each timed launch -> final weights, each export scored by `clipforge eval` on the test split:
   peer-scratch   open_clip_train 3.3.0 (`python -m open_clip_train.main`, CSV of the train captions, one row
-                 per caption), the model of configs/models/flickr8k-vit-p8.json as a local-dir config,
+                 per caption), the recipes' model (configs/models/flickr8k-rn.json) as a local-dir config,
                  batch 128, lr 1e-3, wd 0.2, warmup 50, 5 epochs (1,170 steps), fp32, 1 worker
   peer-lit       the same with the locked MiniLM (open_clip's HF tower, `--lock-text`), run every step
   parity         clipforge at exactly those settings (1 caption per visit, no clipping, fp32, 1,170 steps)
@@ -13,6 +13,7 @@ Runs, each timed launch -> final weights, each export scored by `clipforge eval`
 Dev mean R@10 over wall time (peer: a checkpoint per epoch, scored on dev; clipforge: RUN/eval/stepN.json)
 gives each run's time to accuracy: when its dev figure first reaches open_clip_train's final one.
 --quick: a 48/16/16-image slice, a few steps per run (CI: it runs; the figures mean nothing).
+--only NAME...: just those runs (the table then has only their rows; with --no-write it touches no doc).
 Writes the table into BENCHMARKS.md ("Learning") and RESULTS.md ("Side by side"), and OUT/learning.json.
 """
 import argparse
@@ -31,8 +32,11 @@ from bench.common import markdown_table, section, with_section, write_atomic
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 CLIPFORGE = [str(Path(PY).parent / "clipforge")]  # the console script of the venv running this
-MODEL = REPO / "configs" / "models" / "flickr8k-vit-p8.json"
+# The recipes' model (open_clip's ModifiedResNet 2-2-2-2, width 24; text 3 x 192): the peer and the parity
+# run train the very same shape, so the table compares trainers, not models.
+MODEL = REPO / "configs" / "models" / "flickr8k-rn.json"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+RUNS = ("peer-scratch", "peer-lit", "parity", "recipe-scratch", "recipe-lit")
 FULL = {"batch": 128, "epochs": 5, "steps": 1170, "eval_every": 117}
 QUICK = {"batch": 16, "epochs": 1, "steps": 3, "eval_every": 3}
 
@@ -184,6 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=os.environ.get("CLIPFORGE_FLICKR8K", str(REPO.parent / "shared/data/flickr8k")))
     ap.add_argument("--out", default=None, help="work folder (default runs/bench-learning[-quick])")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md / RESULTS.md")
+    ap.add_argument("--only", nargs="+", choices=RUNS, help="run just these (default: all)")
     args = ap.parse_args(argv)
     data = Path(args.data)
     if not (data / "captions.csv").is_file():
@@ -199,15 +204,18 @@ def main(argv=None) -> int:
     small = [] if not args.quick else [f"train.global_batch_size={p['batch']}", f"eval.every_steps={p['eval_every']}",
                                        "eval.batch_size=16", "checkpoint.every_steps=1000"]
     reuse = None if args.quick else REPO / "runs" / "flickr8k"
-    results = [
-        run_peer("peer-scratch", False, splits, out, p),
-        run_peer("peer-lit", True, splits, out, p),
-        run_clipforge("parity", "configs/flickr8k-cpu.yaml", plain + [f"train.steps={p['steps']}"], splits, out, None),
-        run_clipforge("recipe-scratch", "configs/flickr8k-cpu.yaml", small + ([f"train.steps={p['steps']}"]
-                      if args.quick else []), splits, out, reuse and reuse / "scratch"),
-        run_clipforge("recipe-lit", "configs/flickr8k-lit.yaml", [f"model.hf_text_dir={minilm_dir()}"] + small
-                      + ([f"train.steps={p['steps']}"] if args.quick else []), splits, out, reuse and reuse / "lit"),
-    ]
+    runs = {
+        "peer-scratch": lambda: run_peer("peer-scratch", False, splits, out, p),
+        "peer-lit": lambda: run_peer("peer-lit", True, splits, out, p),
+        "parity": lambda: run_clipforge("parity", "configs/flickr8k-cpu.yaml", plain + [f"train.steps={p['steps']}"],
+                                        splits, out, None),
+        "recipe-scratch": lambda: run_clipforge("recipe-scratch", "configs/flickr8k-cpu.yaml", small + (
+            [f"train.steps={p['steps']}"] if args.quick else []), splits, out, reuse and reuse / "scratch"),
+        "recipe-lit": lambda: run_clipforge("recipe-lit", "configs/flickr8k-lit.yaml", [f"model.hf_text_dir={minilm_dir()}"]
+                                            + small + ([f"train.steps={p['steps']}"] if args.quick else []), splits,
+                                            out, reuse and reuse / "lit"),
+    }
+    results = [runs[name]() for name in RUNS if not args.only or name in args.only]
     (out / "learning.json").write_text(json.dumps(results, indent=1))
     body = table(results)
     print(body)

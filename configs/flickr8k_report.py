@@ -68,7 +68,10 @@ def model_text(r: dict) -> str:
     with open(m["name"]) as f:
         mc = json.load(f)
     v = mc["vision_cfg"]
-    image = f"ViT {v['layers']}L/{v['width']}w, {v['image_size']} px / {v['patch_size']} px patches"
+    if isinstance(v["layers"], list):  # open_clip's ModifiedResNet: blocks per stage
+        image = f"ResNet {'-'.join(map(str, v['layers']))}/{v['width']}w, {v['image_size']} px"
+    else:
+        image = f"ViT {v['layers']}L/{v['width']}w, {v['image_size']} px / {v['patch_size']} px patches"
     if m.get("hf_text_dir"):
         return f"{image} + locked MiniLM-L6 text (HF, mean pool, MLP proj)"
     t = mc["text_cfg"]
@@ -132,7 +135,7 @@ def peer_rows(learning_json: str, ncols: int) -> list:
     for r in runs:
         if r["name"].startswith("recipe-"):
             continue  # the recipes are the rows above
-        cells = [f"{r['name']} ({r['trainer']})", "same model shape (configs/models/flickr8k-vit-p8.json)",
+        cells = [f"{r['name']} ({r['trainer']})", "the recipes' model shape (configs/models/flickr8k-rn.json)",
                  "1,170", "149,760", f"{r['wall_s'] / 60:.1f} min", "batch 128, lr 0.001, wd 0.2, fp32, 1 caption"]
         cells += ["-"] * (ncols - len(cells) - 1) + [pct(r["test"])]
         rows.append("| " + " | ".join(cells) + " |")
@@ -140,8 +143,9 @@ def peer_rows(learning_json: str, ncols: int) -> list:
 
 
 # The peers' figures on this machine kind, same data and test split (../shared/notes/flickr8k-references.md,
-# measured Nov-Dec 2026): shown under the recipes until `make bench-learning` has measured them in one run.
-REFERENCE = [("open_clip_train 3.3.0, from scratch", "ViT 4 x 192 @ 64 px / 8, text 3 x 192, embed 192",
+# measured Nov-Dec 2026, at the ViT of the earlier recipes): shown under the recipes and bench/learning.py's
+# peer runs at the recipes' own model.
+REFERENCE = [("open_clip_train 3.3.0, from scratch", "ViT 4 x 192 @ 64 px / 8 (1.9 M), text 3 x 192, embed 192",
               "1,170", "batch 128, lr 1e-3, wd 0.2, warmup 50, fp32", 12.39),
              ("plain PyTorch loop, from scratch", "the same", "999", "the same, no clipping", 12.06),
              ("clipforge at the plain loop's settings", "the same", "1,000", "the same, ZeRO-2 on 2 ranks", 12.47),
@@ -174,7 +178,7 @@ def results_md(runs, loss_png: str, dev_png: str, results: str, out_dir: str, le
                  f"{r['wall_s'] / 60:.1f} min", recipe_text(r)]
         cells += [pct(m[f"{key}{k}"]) for key, _ in METRICS for k in KS] + [pct(m["mean_recall@10"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += peer_rows(learning_json, len(head)) or reference_rows(len(head))
+    lines += peer_rows(learning_json, len(head)) + reference_rows(len(head))
     cells = ["chance", "", "", "", "", ""] + [f"{100 * chance[f'{key}{k}']:.2f}" for key, _ in METRICS for k in KS]
     lines.append("| " + " | ".join(cells + [f"{100 * chance['mean_recall@10']:.2f}"]) + " |")
     return "\n".join([
@@ -190,8 +194,9 @@ def results_md(runs, loss_png: str, dev_png: str, results: str, out_dir: str, le
         "global batch 128, AdamW + cosine schedule, train split 6,000 images; precision and captions per visit",
         "in the settings column. Wall time: the whole `clipforge launch local` (DeepSpeed start-up, the",
         "text-tower cache and export included). Rows below the recipes: the peer runs of `make bench-learning`",
-        "(bench/learning.py) on the same shards and test split when it has run (runs/bench-learning/), else the",
-        "reference runs of ../shared/notes/flickr8k-references.md (same data, test split and machine kind).",
+        "(bench/learning.py) at the recipes' model, on the same shards and test split, where it has run",
+        "(runs/bench-learning/learning.json); then the reference runs of ../shared/notes/flickr8k-references.md",
+        "(same data, test split and machine kind; the ViT of the earlier recipes).",
         "",
         *lines,
         "",
