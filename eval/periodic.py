@@ -7,26 +7,29 @@ other pretrain module imports eval and eval imports nothing of pretrain. pretrai
 into RUN/eval/stepN.json, tensorboard and the log.
 
     evaluate = retrieval_evaluator(cfg, engine, bundle, device)   # None without data.val_path
-    metrics, chance = evaluate(step)
+    result = evaluate(step)   # the JSON `clipforge eval --out` writes (CLIP_benchmark's layout), step in it
 """
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from modeling.config import RunConfig
 from modeling.model import ModelBundle
 
-Evaluate = Callable[[int], Tuple[Dict[str, float], Dict[str, float]]]
+Evaluate = Callable[[int], Dict[str, Any]]
 
 
 def retrieval_evaluator(cfg: RunConfig, model, bundle: ModelBundle, device) -> Optional[Evaluate]:
-    """-> evaluate(step) -> (metrics, chance levels). None without a val set. `model`: the DeepSpeed engine
-    (or anything modeling.model.open_clip_module unwraps)."""
+    """-> evaluate(step) -> the result object of `clipforge eval` (eval.report.result_json: metrics, and
+    chance levels, counts and the step under "clipforge"). None without a val set. `model`: the DeepSpeed
+    engine (or anything modeling.model.open_clip_module unwraps)."""
     if not cfg.data.val_path:
         return None
     from eval.api import run_retrieval
+    from eval.report import result_json
 
-    def evaluate(step: int):
+    def evaluate(step: int) -> Dict[str, Any]:
         result = run_retrieval(model, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
                                recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(device),
                                precision=cfg.deepspeed.precision)  # the weights' dtype: bf16/fp16 need autocast
-        return result.metrics, result.chance
+        return result_json(result, cfg.data.val_path, cfg.model.name, f"training step {step}",
+                           {"step": step, "precision": cfg.deepspeed.precision})
     return evaluate

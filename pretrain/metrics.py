@@ -142,7 +142,10 @@ def _eval_rows(run_dir: str) -> list:
         if name.endswith(".json"):
             with open(os.path.join(folder, name)) as f:
                 row = json.load(f)
-            rows.append((row["step"], row["metrics"], row.get("chance", {})))
+            if "clipforge" in row:  # the layout of `clipforge eval --out`, with the step
+                rows.append((row["clipforge"]["step"], row["metrics"], row["clipforge"]["chance"]))
+            else:  # run dirs written before 2026-12-02: {"step", "dataset", "metrics", "chance"}
+                rows.append((row["step"], row["metrics"], row.get("chance", {})))
     return sorted(rows, key=lambda r: r[0])
 
 

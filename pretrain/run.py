@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from clipforge_base.atomic import write_atomic
 from clipforge_base.errors import UserFileNotFound
 from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
 from modeling.config import RunConfig, check_batch_split, save_config
@@ -76,21 +77,21 @@ def _resume_path(cfg: RunConfig, checkpoints: CheckpointManager) -> Optional[str
 
 
 def logged_eval(evaluator: Optional[Callable], cfg: RunConfig, engine, bundle, dist, writer):
-    """evaluator(cfg, engine, bundle, device) -> evaluate(step) -> (metrics, chance) or None (handed in from
-    above: eval.periodic.retrieval_evaluator, wired by pretrain/cli.py). -> evaluate(step) -> metrics that also
-    writes RUN/eval/stepN.json, tensorboard (eval/...) and one log line on rank 0. None without an eval."""
+    """evaluator(cfg, engine, bundle, device) -> evaluate(step) -> result or None (handed in from above:
+    eval.periodic.retrieval_evaluator, wired by pretrain/cli.py; the result is the JSON object `clipforge
+    eval --out` writes). -> evaluate(step) -> metrics that also writes the result to RUN/eval/stepN.json,
+    tensorboard (eval/...) and one log line on rank 0. None without an eval."""
     evaluate = evaluator(cfg, engine, bundle, dist.device) if evaluator is not None else None
     if evaluate is None:
         return None
 
     def evaluate_and_log(step: int) -> dict:
-        metrics, chance = evaluate(step)
+        result = evaluate(step)
+        metrics = result["metrics"]
         if dist.rank == 0:
             os.makedirs(os.path.join(cfg.train.run_dir, "eval"), exist_ok=True)
-            with open(os.path.join(cfg.train.run_dir, "eval", f"{tag_for(step)}.json"), "w") as f:
-                # chance: loss.png draws each recall beside its chance level
-                json.dump({"step": step, "dataset": cfg.data.val_path, "metrics": metrics, "chance": chance},
-                          f, indent=2)
+            write_atomic(os.path.join(cfg.train.run_dir, "eval", f"{tag_for(step)}.json"),
+                         json.dumps(result, indent=2) + "\n")
             for key, value in metrics.items():
                 writer.add_scalar(f"eval/{key}", value, step)
             print(eval_line(step, metrics), file=sys.stderr)

@@ -59,8 +59,12 @@ def test_recipe_on_a_slice(flickr8k_dir, repo_root, tmp_path):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["step"] == STEPS and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
         dev = json.loads((run / "eval" / f"step{STEPS:08d}.json").read_text())  # the trainer's dev eval
-        assert dev["step"] == STEPS and set(dev["metrics"]) >= {"image_retrieval_recall@10", "text_retrieval_recall@10"}
+        assert dev["clipforge"]["step"] == STEPS
+        assert set(dev["metrics"]) >= {"image_retrieval_recall@10", "text_retrieval_recall@10"}
         test = json.loads((run / "eval" / "test.json").read_text())
+        # one layout for the trainer's eval and `clipforge eval --out` (CLIP_benchmark's, clipforge's extras inside)
+        assert set(dev) == set(test) and dev["task"] == test["task"] == "zeroshot_retrieval"
+        assert set(dev["clipforge"]) >= {"chance", "counts", "skipped", "step"}
         assert test["clipforge"]["counts"] == {"images": SLICE["test"], "captions": 5 * SLICE["test"]}
         assert all(0 <= v <= 1 for v in test["metrics"].values())
 
