@@ -10,6 +10,7 @@ COMMANDS = {
     "pretrain": ("pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
     "launch": ("launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
     "eval": ("eval.cli", "zero-shot retrieval / classification, linear probe, suites; CLIP_benchmark JSON"),
+    "export": ("modeling.soup", "WiSE-FT interpolation / model soups of open_clip exports -> a new local-dir"),
     "demo": ("launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),
 }
 

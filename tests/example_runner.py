@@ -86,7 +86,7 @@ def help_text(words: tuple) -> str:
 
 
 HELPS = [(), ("launch",), ("launch", "local"), ("launch", "slurm"), ("launch", "slurm", "convert"),
-         ("launch", "slurm", "eval"), ("pretrain",), ("eval",), ("convert",), ("verify",), ("demo",)]
+         ("launch", "slurm", "eval"), ("pretrain",), ("eval",), ("convert",), ("verify",), ("export",), ("demo",)]
 
 
 @functools.lru_cache(maxsize=None)
