@@ -16,6 +16,8 @@ EXAMPLES = """examples:
   clipforge eval --model runs/demo/run --data runs/demo/shards-val --task classification --label-key shape \\
                  --classnames runs/demo/raw/classnames.txt --templates simple --report runs/demo/cls.html
   clipforge eval --model runs/demo/run/checkpoints --data runs/demo/raw --task retrieval   # raw folder: converted first
+  clipforge eval --model runs/demo/run --all-checkpoints --data runs/demo/shards-val --task retrieval  # a curve
+  clipforge eval --model runs/demo/run --all-checkpoints   # the trainer's own periodic eval, drawn
   clipforge eval --model model.pt --model-config configs/models/tiny-vit.json --data shards/ --task retrieval
   clipforge eval --model ViT-B-32 --pretrained weights.pt --data shards/ --task retrieval
   torchrun --nproc_per_node 8 -m eval --model RUN --data shards/ --task retrieval   # every rank embeds a share
@@ -48,7 +50,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--model", required=True, action="append", help="what to evaluate (see below); "
                     "repeat it with --suite to compare models side by side")
     ap.add_argument("--suite", help="a suite YAML (see configs/eval/): every task in it, one JSON each, a summary")
-    ap.add_argument("--out-dir", help="--suite: where the JSONs and summary go (default: the suite's out_dir)")
+    ap.add_argument("--out-dir", help="--suite: where the JSONs and summary go (default: the suite's out_dir); "
+                    "--all-checkpoints: where the curve goes (default RUN/eval/curve)")
+    ap.add_argument("--all-checkpoints", action="store_true",
+                    help="--model RUN: evaluate every kept checkpoint (with --data/--task), or without --data draw "
+                         "the trainer's periodic eval; -> curve.csv + curve.png")
     ap.add_argument("--data-root", help="--suite: folder its relative data paths start from (default: the "
                     "suite's root, else the current dir)")
     ap.add_argument("--data", help="shard dataset dir / .tar / brace pattern, CLIP_benchmark webdataset dir "
@@ -101,6 +107,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     if len(args.model) > 1:
         ap.error("several --model need --suite (one task compares one model)")
     args.model = args.model[0]
+    if args.all_checkpoints and not os.path.isdir(os.path.join(args.model, "checkpoints")) \
+            and not os.path.isdir(os.path.join(args.model, "eval")):
+        ap.error(f"--all-checkpoints: --model {args.model} is not a run dir (no checkpoints/ or eval/ in it)")
+    if args.all_checkpoints and not args.data and not args.task:
+        return args  # the trainer's periodic eval, drawn
     if not args.data:
         ap.error("give --data DIR (or CLIP_benchmark's --dataset_root DIR): the shards or raw data to evaluate")
     if not args.task:
@@ -170,15 +181,19 @@ def _run(args) -> int:
     from eval.load_model import load_model
     from eval.tasks import cleanup, run_task
 
+    from eval.curve import run_curve
+
     init_from_env()
     rank, world = rank_world()
     rt = runtime(args, args.device)
-    rt.feature_cache = args.feature_cache or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "features")
-                                              if args.out else None)
-    with _quiet(args.quiet):
-        loaded = load_model(args.model, args.model_config, args.pretrained)
-    loaded.model.to(rt.device)
-    try:
+    # one feature cache per model: several checkpoints would share it, so a curve caches nothing
+    rt.feature_cache = None if args.all_checkpoints else args.feature_cache or (
+        os.path.join(os.path.dirname(os.path.abspath(args.out)), "features") if args.out else None)
+
+    def evaluate_one(spec: str, out: Optional[str]) -> dict:
+        with _quiet(args.quiet):
+            loaded = load_model(spec, args.model_config, args.pretrained)
+        loaded.model.to(rt.device)
         run, source, extra = run_task(task_spec(args), loaded, rt)
         ex = report.examples(run, comm_for_world(), args.report_examples, 5) \
             if args.report and run.task != "linear_probe" else None
@@ -186,13 +201,18 @@ def _run(args) -> int:
             print(report.table(run, f"clipforge eval: {run.task} of {loaded.name} on {source.name} "
                                     f"({rt.precision}, {world} rank(s))"))
             extra.update(precision=rt.precision, world_size=world)
-            if args.out:
-                report.write_json(args.out, report.result_json(run, source.name, loaded.name, loaded.pretrained,
-                                                               extra))
-                print(f"wrote {args.out}")
+            if out:
+                report.write_json(out, report.result_json(run, source.name, loaded.name, loaded.pretrained, extra))
+                print(f"wrote {out}")
             if ex is not None:
                 report.write_report(args.report, run, ex, source.data, f"{run.task}: {loaded.name} on {source.name}")
                 print(f"wrote {args.report}")
+        return run.metrics
+
+    try:
+        if args.all_checkpoints:
+            return run_curve(args, evaluate_one)
+        evaluate_one(args.model, args.out)
         return 0
     finally:
         cleanup(rt)
