@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Dict
 
 from bench.model_configs import model_config
-from modeling.flops import TEXT_DEFAULTS, vision_tokens
+from modeling.flops import PEAK_BF16_FLOPS, TEXT_DEFAULTS, vision_tokens
 
 GB = 1e9
 MODELS = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-g-14"]
@@ -43,7 +43,7 @@ OPEN_CLIP_PER_CORE = 230
 # trained_models_info.csv): A100-40GB, samples/s over all GPUs / GPUs.
 ANCHOR_A100 = {"ViT-B-32": (93_294, 128, 32_768), "ViT-B-16": (134_240, 344, 88_064),
                "ViT-L-14": (60_328, 768, 86_016)}
-A100_PEAK, H100_PEAK = 312e12, 989e12   # dense bf16 tensor-core peaks from NVIDIA's datasheets
+A100_PEAK, H100_PEAK = PEAK_BF16_FLOPS["A100"], PEAK_BF16_FLOPS["H100"]
 
 
 @lru_cache(maxsize=None)

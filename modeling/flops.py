@@ -1,5 +1,6 @@
-"""Model FLOPs of an open_clip ViT CLIP, from its config alone (no torch, no weights): the one count behind
-the trainer's MFU (pretrain/metrics.py) and the benchmarks' (bench/gpu.py, bench/sizing_tables.py).
+"""Model FLOPs of an open_clip ViT CLIP, from its config alone (no torch, no weights), and the GPUs' peak FLOP/s:
+the one count and the one peak table behind the trainer's MFU (pretrain/metrics.py) and the benchmarks'
+(bench/gpu.py, bench/sizing_tables.py).
 
 Counts multiply-adds of every matmul and counts each as 2 FLOPs; layer norms, softmax, GELU and
 the token-embedding lookup are not counted (they are < 1% and not what tensor cores do). This
@@ -15,8 +16,17 @@ next to 44 GFLOPs for ViT-B/32's towers.
 """
 from typing import Dict, Optional
 
+# Dense bf16 tensor-core peak FLOP/s per GPU (NVIDIA's datasheets, SXM parts), the MFU denominator. Matched by
+# substring of the device name in this order, so "A100" is found before "A10".
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
 # open_clip's CLIPTextCfg defaults, for configs that leave them out
 TEXT_DEFAULTS = {"context_length": 77, "width": 512, "layers": 12, "mlp_ratio": 4.0}
+
+
+def peak_bf16_flops(device_name: str) -> Optional[float]:
+    """The datasheet peak of a GPU named like torch.cuda.get_device_name ("NVIDIA H100 80GB HBM3"); None for others."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
 
 
 def _pair(x) -> tuple:

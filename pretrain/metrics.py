@@ -13,17 +13,13 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from modeling.flops import train_flops_per_sample
-
-# Dense bf16 tensor-core peak FLOP/s per GPU (vendor datasheets, SXM parts); MFU is omitted elsewhere.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+from modeling.eval_results import periodic_eval
+from modeling.flops import peak_bf16_flops, train_flops_per_sample
 
 
 def peak_flops(device: torch.device) -> Optional[float]:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((f for key, f in PEAK_BF16_FLOPS.items() if key in name), None)
+    """The device's datasheet peak; None on CPU or an unlisted GPU, and MFU is then not reported."""
+    return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -134,21 +130,6 @@ class MetricsLogger:
         plot_loss(self.run_dir)
 
 
-def _eval_rows(run_dir: str) -> list:
-    """[(step, metrics, chance)] from RUN/eval/*.json, in step order."""
-    folder = os.path.join(run_dir, "eval")
-    rows = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith(".json"):
-            with open(os.path.join(folder, name)) as f:
-                row = json.load(f)
-            if "clipforge" in row:  # the layout of `clipforge eval --out`, with the step
-                rows.append((row["clipforge"]["step"], row["metrics"], row["clipforge"]["chance"]))
-            else:  # run dirs written before 2026-12-02: {"step", "dataset", "metrics", "chance"}
-                rows.append((row["step"], row["metrics"], row.get("chance", {})))
-    return sorted(rows, key=lambda r: r[0])
-
-
 def plot_loss(run_dir: str) -> Optional[str]:
     """RUN/loss.png (see loss_figure); None when there is nothing to draw."""
     import matplotlib.pyplot as plt
@@ -176,7 +157,7 @@ def loss_figure(run_dir: str):
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         return None
-    evals = _eval_rows(run_dir)
+    evals = periodic_eval(run_dir)
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(12 if evals else 7, 4.5), squeeze=False)
     loss_ax = axes[0][0]
     steps = [r["step"] for r in rows]
