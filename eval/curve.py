@@ -8,12 +8,12 @@ RUN/eval/curve) gets curve.csv (step, then one column per metric) and curve.png.
 """
 import csv
 import glob
-import json
 import os
 import re
 from typing import Dict, List, Tuple
 
 from eval.errors import EvalDataError
+from modeling.eval_results import periodic_eval
 
 STEP = re.compile(r"step(\d+)$")
 Curve = List[Tuple[int, Dict[str, float]]]
@@ -31,13 +31,7 @@ def kept_checkpoints(run_dir: str) -> List[Tuple[int, str]]:
 
 def periodic_curve(run_dir: str) -> Curve:
     """The trainer's RUN/eval/stepN.json (both layouts: `clipforge eval --out`'s, and the older one)."""
-    curve = []
-    for path in glob.glob(os.path.join(run_dir, "eval", "step*.json")):
-        match = STEP.search(os.path.basename(path)[:-len(".json")])
-        if match:
-            with open(path) as f:
-                curve.append((int(match.group(1)), json.load(f)["metrics"]))
-    return sorted(curve, key=lambda point: point[0])
+    return [(point.step, point.metrics) for point in periodic_eval(run_dir)]
 
 
 def write_curve(curve: Curve, out_dir: str, title: str) -> Tuple[str, str]:
