@@ -30,6 +30,11 @@ class ShardError(UserError, ValueError):
     """A shard dataset path is missing, unreadable or inconsistent; the message names it."""
 
 
+def shard_name(index: int) -> str:
+    """The converter's name of shard `index`, without extension: shard-000000 (.tar, .parquet, _stats.json)."""
+    return f"shard-{index:06d}"
+
+
 def shard_parquet_name(tar_name: str) -> str:
     """The parquet of a shard sits beside its tar: shard-000000.tar -> shard-000000.parquet."""
     return tar_name[:-len(".tar")] + ".parquet"

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
+from data_pipeline.shards import shard_name
 from .merge import merge, missing_shards
 from .options import ConvertError, ConvertOptions
 from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
@@ -34,7 +35,7 @@ class _Dedup:
 
     def seed(self, out_dir: str, index: int) -> None:
         import pyarrow.parquet as pq
-        table = pq.read_table(os.path.join(out_dir, f"shard-{index:06d}.parquet"), columns=["key", "status", "sha256"])
+        table = pq.read_table(os.path.join(out_dir, shard_name(index) + ".parquet"), columns=["key", "status", "sha256"])
         for key, status, sha in zip(*(table.column(c).to_pylist() for c in ("key", "status", "sha256"))):
             if status == "success":
                 self.seen.setdefault(sha, key)
@@ -99,7 +100,7 @@ def rejected_examples(out_dir: str, indices: List[int], limit: int = 3) -> List[
     import pyarrow.parquet as pq
     found: List[dict] = []
     for index in indices:
-        path = os.path.join(out_dir, f"shard-{index:06d}.parquet")
+        path = os.path.join(out_dir, shard_name(index) + ".parquet")
         rows = pq.read_table(path, columns=["source", "status", "error_message"]).to_pylist()
         found += [row for row in rows if row["status"] != "success"][:limit - len(found)]
         if len(found) >= limit:

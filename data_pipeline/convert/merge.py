@@ -8,9 +8,10 @@ from collections import Counter
 from typing import List
 
 from clipforge_base.atomic import write_atomic
+from data_pipeline.shards import shard_name
 from .options import ConvertError
 from .plan import load_plan
-from .shard_writer import read_stats, shard_name
+from .shard_writer import read_stats
 
 VERSION = "0.1.0"
 

@@ -15,16 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge_base.atomic import leftover_temporaries, write_atomic
+from data_pipeline.shards import shard_name
 
 # 2000-01-01 UTC: a fixed, plausible timestamp (0 confuses some tar tools).
 MEMBER_MTIME = 946684800
 # "url" repeats "source" under img2dataset's name, so tooling written for its parquets reads ours as-is.
 PARQUET_COLUMNS = ("key", "source", "url", "caption", "status", "error_message", "width", "height",
                    "original_width", "original_height", "sha256")
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}"
 
 
 def stats_path(out_dir: str, index: int) -> str:
