@@ -1,17 +1,13 @@
-"""The open_clip model config the bench scripts size and measure, from however it is named."""
-import json
-from typing import Dict, Union
+"""The open_clip model config the bench scripts size and measure: modeling.model.resolve_model_config's, the one
+resolution of a model name, imported when called so that importing the sizing arithmetic imports no torch."""
+from typing import Dict
 
 
-def model_config(name_or_cfg: Union[str, Dict]) -> Dict:
-    """An open_clip config dict from a built-in name ("ViT-B-32"), a JSON path, or a dict."""
-    if isinstance(name_or_cfg, dict):
-        return name_or_cfg
-    if str(name_or_cfg).endswith(".json"):
-        with open(name_or_cfg) as f:
-            return json.load(f)
-    import open_clip  # only for built-in names: the sizing arithmetic runs without torch
-    cfg = open_clip.get_model_config(name_or_cfg)
-    if cfg is None:
-        raise ValueError(f"model {name_or_cfg!r}: not an open_clip model name or a .json config")
-    return cfg
+def model_config(name: str) -> Dict:
+    """An open_clip config dict from a built-in name ("ViT-B-32") or a model-config JSON path."""
+    from modeling.model import ModelConfigError, resolve_model_config
+    try:
+        return resolve_model_config(name)
+    except ModelConfigError as err:
+        # the bench scripts take a model name, not the trainer's config key model.name that err names
+        raise ValueError(f"model {name!r}: not an open_clip model name or a .json config ({err})") from None

@@ -40,9 +40,9 @@ def local_dir(path: str) -> str:
     raise SoupError(f"{path}: no {CONFIG} + {WEIGHTS} here or in {path}/export (give a run dir or a local-dir export)")
 
 
-def read_model(path: str) -> Tuple[dict, Dict]:
+def read_model(folder: str) -> Tuple[dict, Dict]:
+    """The config and the tensors of a local-dir export (see local_dir)."""
     from safetensors.torch import load_file
-    folder = local_dir(path)
     with open(os.path.join(folder, CONFIG)) as f:
         config = json.load(f)
     return config, load_file(os.path.join(folder, WEIGHTS))
@@ -82,15 +82,15 @@ def write_soup(paths: Sequence[str], weights: Sequence[float], out_dir: str) -> 
         raise SoupError("give at least two models")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise SoupError(f"weights {list(weights)}: each must be >= 0 and their sum > 0")
-    models = [read_model(p) for p in paths]
+    folders = [local_dir(p) for p in paths]
+    models = [read_model(folder) for folder in folders]
     configs, states = [m[0] for m in models], [m[1] for m in models]
     check_same_architecture(paths, configs, states)
     soup = weighted_average(states, weights)
     os.makedirs(out_dir, exist_ok=True)
-    first = local_dir(paths[0])
-    for name in sorted(os.listdir(first)):  # the HF tokenizer's files, when the text tower has one
-        if name not in (WEIGHTS, CONFIG) and os.path.isfile(os.path.join(first, name)):
-            shutil.copy(os.path.join(first, name), os.path.join(out_dir, name))
+    for name in sorted(os.listdir(folders[0])):  # the HF tokenizer's files, when the text tower has one
+        if name not in (WEIGHTS, CONFIG) and os.path.isfile(os.path.join(folders[0], name)):
+            shutil.copy(os.path.join(folders[0], name), os.path.join(out_dir, name))
     with atomic_path(os.path.join(out_dir, WEIGHTS)) as tmp:
         save_file({k: v.contiguous() for k, v in soup.items()}, tmp)
     config = dict(configs[0], clipforge_soup={"models": [os.path.abspath(p) for p in paths], "weights": list(weights)})
