@@ -4,7 +4,7 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from tqdm import tqdm
 
@@ -108,19 +108,15 @@ def rejected_examples(out_dir: str, indices: List[int], limit: int = 3) -> List[
     return found
 
 
-def convert(inputs: List[str], out_dir: str, *, fmt: str = "auto", image_size: int = 256,
-            resize_mode: str = "keep_ratio", samples_per_shard: int = 1000, workers: int = 1,
-            include_list: Optional[str] = None, **more) -> Dict:
+def convert(inputs: List[str], out_dir: str, **options) -> Dict:
     """Convert INPUTS into a shard dataset in OUT_DIR (DESIGN.md "Shard dataset"); returns the run summary.
 
-    `more` takes every other ConvertOptions field (image_col, caption_col, keep_cols, encode_format, quality,
-    min_size, max_aspect_ratio, max_pixels, dedup, num_nodes, node_rank, threads, timeout, retries, progress, ...).
+    `options`: any other ConvertOptions field (fmt, image_size, resize_mode, samples_per_shard, workers,
+    include_list, image_col, caption_col, keep_cols, dedup, num_nodes, node_rank, progress, ...), defaults there.
     Raises ConvertError (one line, names the file/flag) for bad input found before per-item work.
     """
     # Absolute input paths: a re-run or another node from another working directory has the same plan.
-    options = ConvertOptions(inputs=[os.path.abspath(str(path)) for path in inputs], fmt=fmt, image_size=image_size,
-                             resize_mode=resize_mode, samples_per_shard=samples_per_shard, workers=workers,
-                             include_list=include_list, **more)
+    options = ConvertOptions(inputs=[os.path.abspath(str(path)) for path in inputs], **options)
     options.validate()
     check_out_dir(out_dir)
     log = _log if options.progress else (lambda message: None)

@@ -4,10 +4,11 @@ import json
 import os
 import sys
 
+from clipforge_base.dataclass_cli import add_fields, field_values
 from clipforge_base.errors import UserError
 from .api import convert
 from .merge import merge
-from .options import ENCODE_FORMATS, FORMATS, RESIZE_MODES
+from .options import ConvertOptions
 
 EXAMPLES = """examples:
   clipforge convert ../shared/data/flickr8k/captions.csv --out shards/ \\
@@ -47,50 +48,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        unset = action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS)
+        unset = action.default is None or action.default is False or action.default in ("", [], argparse.SUPPRESS)
         if "default" in text or unset or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
 
 def parser() -> argparse.ArgumentParser:
+    """The flags of ConvertOptions' fields (their defaults and help live there), --out and this command's own."""
     nodes, rank = slurm_defaults()
     p = argparse.ArgumentParser(prog="clipforge convert", description=__doc__, epilog=EXAMPLES + PEERS_EPILOG,
                                 formatter_class=HelpFormatter)
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="folder, table, COCO/Karpathy json or URL list")
     p.add_argument("--out", help="output folder of the shard dataset (required)")
-    p.add_argument("--format", dest="fmt", default="auto", choices=FORMATS, help="input format")
-    p.add_argument("--image-col", help="table column with the image path or URL (default: guessed)")
-    p.add_argument("--caption-col", help="table column with the caption (default: guessed)")
-    p.add_argument("--keep-cols", default="", help="comma-separated columns copied into KEY.json and the parquet")
-    p.add_argument("--image-root", help="folder the image paths are relative to (default: the input's folder)")
-    p.add_argument("--split", help="Karpathy json: keep only this split (train also keeps restval)")
-    p.add_argument("--include-list", help="file of image file names, one per line: keep only these")
-    p.add_argument("--image-size", type=int, default=256, help="output size in pixels (see --resize-mode)")
-    p.add_argument("--resize-mode", default="keep_ratio", choices=RESIZE_MODES,
-                   help="keep_ratio: shorter side = size; center_crop: then the centre square; border: longer "
-                        "side = size, padded to a white square (img2dataset's border); none: as is")
-    p.add_argument("--encode-format", default="jpg", choices=ENCODE_FORMATS, help="image format in the tars")
-    p.add_argument("--quality", type=int, default=95, help="jpg/webp quality")
-    p.add_argument("--min-size", type=int, default=0, help="reject images whose shorter side is smaller")
-    p.add_argument("--max-aspect-ratio", type=float, default=0.0, help="reject long/short above this (0 = off)")
-    p.add_argument("--max-pixels", type=int, default=89_478_485, help="refuse larger images before decoding")
-    p.add_argument("--dedup", action="store_true", help="drop exact duplicate images (same source bytes)")
-    p.add_argument("--samples-per-shard", type=int, default=1000, help="input items per shard (failures included)")
-    p.add_argument("--one-caption-per-txt", "--open-clip-captions", action="store_true",
-                   help="KEY.txt holds only the first caption, KEY.json all of them: open_clip's trainer joins "
-                        "the lines of KEY.txt into one caption (clipforge reads KEY.json's either way)")
-    p.add_argument("--max-reject-fraction", type=float, default=1.0,
-                   help="exit 1 when more than this fraction of input items is rejected (and always when none "
-                        "is written; 0 = any rejection fails)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes")
-    p.add_argument("--threads", type=int, default=0, help="threads per worker (0: 1 for files, 16 for URLs)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per download attempt")
-    p.add_argument("--retries", type=int, default=2, help="download retries (with backoff) on timeouts and 5xx")
-    p.add_argument("--num-nodes", type=int, default=nodes, help="machines sharing this conversion (from slurm)")
-    p.add_argument("--node-rank", type=int, default=rank, help="this machine's rank (from slurm)")
+    add_fields(p, ConvertOptions, defaults={"num_nodes": nodes, "node_rank": rank})
     p.add_argument("--merge-only", action="store_true", help="only write sizes.json + manifest.json of --out")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar or read notes")
     p.add_argument("--summary-json", help="also write the final summary to this file")
     types = {action.dest: action for action in p._actions}
     for flag, dest in PEER_FLAGS.items():
@@ -144,10 +115,8 @@ def main(argv=None) -> int:
             print(f"clipforge convert: merged {len(manifest['shards'])} shards, {manifest['num_samples']} samples "
                   f"-> {os.path.join(args.out, 'manifest.json')}")
             return 0
-        options = {key: value for key, value in vars(args).items()
-                   if key not in ("inputs", "out", "merge_only", "summary_json", "keep_cols")}
-        keep_cols = [column.strip() for column in args.keep_cols.split(",") if column.strip()]
-        summary = convert(args.inputs, args.out, keep_cols=keep_cols, **options)
+        options = field_values(args, ConvertOptions)
+        summary = convert(options.pop("inputs"), args.out, **options)
     except UserError as error:  # anything else is a bug: its traceback, exit 1
         print(f"clipforge convert: error: {error}", file=sys.stderr)
         return 2

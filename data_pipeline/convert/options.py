@@ -1,7 +1,8 @@
 """Options of one conversion: what changes the output (recorded in the plan and manifest) and how it runs."""
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, Optional
 
+from clipforge_base.dataclass_cli import option
 from clipforge_base.errors import UserError
 
 FORMATS = ("auto", "folder", "csv", "tsv", "parquet", "jsonl", "coco", "flickr", "urls")
@@ -13,48 +14,62 @@ class ConvertError(UserError):
     """A problem with the user's input or flags, found before or outside per-item work: one line, names the fix."""
 
 
+def _columns(text: str) -> List[str]:
+    """--keep-cols "a, b" -> ["a", "b"]."""
+    return [column.strip() for column in text.split(",") if column.strip()]
+
+
 @dataclass
 class ConvertOptions:
+    """Every field with help text is also a `clipforge convert` flag (clipforge_base/dataclass_cli.py): its
+    default and help are written here only."""
     # --- content options: they decide the output bytes, so they are recorded and must match on resume ---
-    inputs: List[str] = field(default_factory=list)
-    fmt: str = "auto"
-    image_col: Optional[str] = None
-    caption_col: Optional[str] = None
-    keep_cols: List[str] = field(default_factory=list)
+    inputs: List[str] = option([], "folder, table, COCO/Karpathy json or URL list", "inputs", nargs="*",
+                               metavar="INPUT")
+    fmt: str = option("auto", "input format", "--format", choices=FORMATS)
+    image_col: Optional[str] = option(None, "table column with the image path or URL (default: guessed)")
+    caption_col: Optional[str] = option(None, "table column with the caption (default: guessed)")
+    keep_cols: List[str] = option([], "comma-separated columns copied into KEY.json and the parquet", type=_columns)
     # Folder/COCO/Flickr json: where the image files are (default: the folder of the input).
-    image_root: Optional[str] = None
+    image_root: Optional[str] = option(None, "folder the image paths are relative to (default: the input's folder)")
     # Flickr/COCO Karpathy json: keep only this split ("train", "val", "test"; None = all).
-    split: Optional[str] = None
+    split: Optional[str] = option(None, "Karpathy json: keep only this split (train also keeps restval)")
     # Text file of image file names (one per line, e.g. Flickr8k's splits/train.txt): keep only these rows.
-    include_list: Optional[str] = None
-    image_size: int = 256
-    resize_mode: str = "keep_ratio"
-    encode_format: str = "jpg"
-    quality: int = 95
+    include_list: Optional[str] = option(None, "file of image file names, one per line: keep only these")
+    image_size: int = option(256, "output size in pixels (see --resize-mode)")
+    resize_mode: str = option("keep_ratio", "keep_ratio: shorter side = size; center_crop: then the centre square; "
+                              "border: longer side = size, padded to a white square (img2dataset's border); "
+                              "none: as is", choices=RESIZE_MODES)
+    encode_format: str = option("jpg", "image format in the tars", choices=ENCODE_FORMATS)
+    quality: int = option(95, "jpg/webp quality")
     # Filters: an image whose shorter side is below min_size, or whose long/short ratio exceeds max_aspect_ratio,
     # is "filtered"; one with more pixels than max_pixels is refused before decoding (decompression bomb guard;
     # the default is Pillow's own warning limit, 89.5 Mpx).
-    min_size: int = 0
-    max_aspect_ratio: float = 0.0
-    max_pixels: int = 89_478_485
-    dedup: bool = False
-    samples_per_shard: int = 1000
+    min_size: int = option(0, "reject images whose shorter side is smaller")
+    max_aspect_ratio: float = option(0.0, "reject long/short above this (0 = off)")
+    max_pixels: int = option(89_478_485, "refuse larger images before decoding")
+    dedup: bool = option(False, "drop exact duplicate images (same source bytes)")
+    samples_per_shard: int = option(1000, "input items per shard (failures included)")
     # open_clip's trainer joins every line of KEY.txt into ONE caption: for shards trained in open_clip, KEY.txt
     # holds only the first caption and KEY.json's "captions" all of them (clipforge's loaders read those).
-    one_caption_per_txt: bool = False
+    one_caption_per_txt: bool = option(False, "KEY.txt holds only the first caption, KEY.json all of them: open_clip's "
+                                       "trainer joins the lines of KEY.txt into one caption (clipforge reads "
+                                       "KEY.json's either way)", "--one-caption-per-txt", "--open-clip-captions")
     # --- run options: they never change the output ---
-    workers: int = 1
-    # Threads per worker that fetch/process items; URL downloads wait on the network, local reads do not.
-    threads: int = 0
-    timeout: float = 10.0
-    retries: int = 2
-    user_agent: str = "clipforge/0.1 (image-text dataset converter)"
-    num_nodes: int = 1
-    node_rank: int = 0
-    progress: bool = True
     # The run fails (exit 1) when more than this fraction of the input items is rejected, and always when none is
     # written; 1.0 = only a conversion that wrote nothing fails, 0 = any rejection fails.
-    max_reject_fraction: float = 1.0
+    max_reject_fraction: float = option(1.0, "exit 1 when more than this fraction of input items is rejected (and "
+                                        "always when none is written; 0 = any rejection fails)")
+    workers: int = option(1, "worker processes")
+    # Threads per worker that fetch/process items; URL downloads wait on the network, local reads do not.
+    threads: int = option(0, "threads per worker (0: 1 for files, 16 for URLs)")
+    timeout: float = option(10.0, "seconds per download attempt")
+    retries: int = option(2, "download retries (with backoff) on timeouts and 5xx")
+    user_agent: str = "clipforge/0.1 (image-text dataset converter)"
+    # on the command line both default from slurm's environment (data_pipeline/convert/cli.py: slurm_defaults)
+    num_nodes: int = option(1, "machines sharing this conversion (from slurm)")
+    node_rank: int = option(0, "this machine's rank (from slurm)")
+    progress: bool = option(True, "no progress bar or read notes", "--no-progress")
 
     CONTENT_KEYS = ("inputs", "fmt", "image_col", "caption_col", "keep_cols", "image_root", "split", "include_list",
                     "image_size", "resize_mode", "encode_format", "quality", "min_size", "max_aspect_ratio",
