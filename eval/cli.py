@@ -10,6 +10,9 @@ from typing import List, Optional
 
 import torch
 
+from clipforge_base.dataclass_cli import add_fields
+from modeling.eval_options import EvalOptions
+
 EXAMPLES = """examples:
   # on what `clipforge demo` leaves in runs/demo/ (run/, shards-val/, raw/):
   clipforge eval --model runs/demo/run --data runs/demo/shards-val --task retrieval --out runs/demo/eval-val.json
@@ -66,8 +69,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--out", help="write the CLIP_benchmark-style JSON here")
     ap.add_argument("--model-config", help="model name or model-config JSON for weights without one")
     ap.add_argument("--pretrained", help="local weights file for an open_clip model name")
-    ap.add_argument("--recall-k", nargs="+", default=["1,5,10"],
-                    help="retrieval: k values, comma- or space-separated (default 1,5,10)")
+    add_fields(ap, EvalOptions)  # --recall-k, --batch-size, --workers: the periodic eval's eval.* keys too
     ap.add_argument("--label-key", default="label", help="classification: the KEY.json field holding the class "
                     "(name, or index into --classnames); KEY.cls is used when the field is absent")
     ap.add_argument("--classnames", help="classification: class names file (one per line, JSON list or "
@@ -89,8 +91,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--convert-dir", help="raw --data: convert into this dir and keep it (default: a temp dir, "
                     "removed at the end)")
     ap.add_argument("--dataset-name", help="the JSON's 'dataset' (default: the --data folder's name)")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=0, help="image decode worker processes per rank")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                     help="auto: fp32 on CPU, fp16 autocast on GPU (CLIP_benchmark's default)")
@@ -120,9 +120,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     if args.report and args.task == "linear_probe":
         ap.error("--report shows example queries of retrieval / classification; a linear probe has none")
     try:
-        args.recall_k = sorted({int(k) for part in args.recall_k for k in part.split(",") if k.strip()})
+        args.recall_k = sorted({int(k) for part in args.recall_k for k in str(part).split(",") if k.strip()})
     except ValueError:
-        ap.error(f"--recall-k {' '.join(args.recall_k)}: give integers, e.g. 1,5,10 or 1 5 10")
+        ap.error(f"--recall-k {' '.join(map(str, args.recall_k))}: give integers, e.g. 1,5,10 or 1 5 10")
     if not args.recall_k or args.recall_k[0] < 1:
         ap.error("--recall-k values must be >= 1")
     if args.batch_size < 1:

@@ -28,7 +28,8 @@ def retrieval_evaluator(cfg: RunConfig, model, bundle: ModelBundle, device) -> O
 
     def evaluate(step: int) -> Dict[str, Any]:
         result = run_retrieval(model, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,
-                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, device=str(device),
+                               recall_k=cfg.eval.recall_k, batch_size=cfg.eval.batch_size, workers=cfg.eval.workers,
+                               device=str(device),
                                precision=cfg.deepspeed.precision)  # the weights' dtype: bf16/fp16 need autocast
         return result_json(result, cfg.data.val_path, cfg.model.name, f"training step {step}",
                            {"step": step, "precision": cfg.deepspeed.precision})

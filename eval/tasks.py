@@ -23,6 +23,7 @@ from eval.features import run_linear_probe
 from eval.probe import ProbeConfig
 from eval.sources import EvalSource, open_source
 from eval.templates import DEFAULT_TEMPLATES, load_classnames, load_templates
+from modeling.eval_options import RECALL_K, EvalOptions
 
 TASKS = ("retrieval", "classification", "linear_probe")
 # CLIP_benchmark's names for the same tasks.
@@ -35,7 +36,7 @@ class TaskSpec:
     data: str
     name: Optional[str] = None  # the JSON's "dataset" (default: the data folder's name)
     split: str = "test"  # wds / ImageFolder split evaluated (linear probe: tested)
-    recall_k: List[int] = field(default_factory=lambda: [1, 5, 10])
+    recall_k: List[int] = field(default_factory=lambda: list(RECALL_K))
     label_key: str = "label"
     classnames: Optional[str] = None  # file
     templates: Optional[str] = None  # built-in set or file; None: the dataset's, else imagenet7
@@ -57,8 +58,8 @@ class TaskSpec:
 class Runtime:
     device: str = "cpu"
     precision: str = "fp32"
-    batch_size: int = 256
-    workers: int = 0
+    batch_size: int = EvalOptions.batch_size
+    workers: int = EvalOptions.workers
     progress: bool = False
     convert_dir: Optional[str] = None  # raw data: convert here and keep it (default: a temp dir)
     feature_cache: Optional[str] = None  # linear probe features

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from clipforge_base.atomic import write_atomic
 from clipforge_base.errors import UserError
 from data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
+from modeling.eval_options import EvalConfig
 
 
 class ConfigError(UserError, ValueError):
@@ -133,14 +134,6 @@ class CheckpointConfig:
     # None: start fresh (or auto-resume "latest" if the run dir has one); "latest" or a path.
     resume: Optional[str] = None
     export_at_end: bool = True
-
-
-@dataclass
-class EvalConfig:
-    # Periodic retrieval eval on data.val_path every N steps; 0 = only at the end (if val_path).
-    every_steps: int = 0
-    batch_size: int = 256
-    recall_k: List[int] = field(default_factory=lambda: [1, 5, 10])
 
 
 @dataclass
