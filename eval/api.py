@@ -22,6 +22,7 @@ from eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
 from eval.errors import EvalDataError
 from eval.ranking import DEFAULT_TILE
 from eval.retrieval import chance_levels, retrieval_metrics
+from modeling.eval_options import RECALL_K, EvalOptions
 from modeling.model import embed_dim, open_clip_module
 from modeling.preprocess import val_transform
 
@@ -88,8 +89,9 @@ def gather_skips(comm, local: Embedded):
     return dict(counts), examples
 
 
-def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (1, 5, 10), batch_size: int = 256,
-                  device: str = "cpu", precision: str = "fp32", workers: int = 0, tile=DEFAULT_TILE,
+def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = tuple(RECALL_K),
+                  batch_size: int = EvalOptions.batch_size, device: str = "cpu", precision: str = "fp32",
+                  workers: int = EvalOptions.workers, tile=DEFAULT_TILE,
                   progress: bool = False) -> EvalRun:
     comm = comm_for_world()
     local = embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "captions",
@@ -112,8 +114,9 @@ def run_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (
                    counts, skipped, examples, local, image_offset, text_offset, {"all_images": images})
 
 
-def evaluate_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = (1, 5, 10),
-                       batch_size: int = 256, device: str = "cpu", precision: str = "fp32", workers: int = 0) -> Dict:
+def evaluate_retrieval(model, tokenizer, transform, data, recall_k: Sequence[int] = tuple(RECALL_K),
+                       batch_size: int = EvalOptions.batch_size, device: str = "cpu", precision: str = "fp32",
+                       workers: int = EvalOptions.workers) -> Dict:
     """CLIP_benchmark retrieval metrics of `model` on a shard dataset (the trainer's periodic eval)."""
     return run_retrieval(model, tokenizer, transform, data, recall_k, batch_size, device, precision, workers).metrics
 
@@ -152,8 +155,8 @@ def classnames_from(comm, labels: List, classnames: Optional[List[str]], label_k
 
 
 def run_classification(model, tokenizer, transform, data, templates, classnames: Optional[List[str]] = None,
-                       label_key: str = "label", batch_size: int = 256, device: str = "cpu",
-                       precision: str = "fp32", workers: int = 0, progress: bool = False) -> EvalRun:
+                       label_key: str = "label", batch_size: int = EvalOptions.batch_size, device: str = "cpu",
+                       precision: str = "fp32", workers: int = EvalOptions.workers, progress: bool = False) -> EvalRun:
     comm = comm_for_world()
     local = embed_share(model, tokenizer, transform, data, batch_size, device, precision, workers, "label",
                          label_key, progress)
