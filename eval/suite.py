@@ -10,6 +10,10 @@ process (one process group under torchrun: every rank embeds its share of every 
 Writes OUT/<model>/<task name>.json (CLIP_benchmark's layout: its `clip_benchmark build OUT/*/*.json` reads
 them) and OUT/summary.md + OUT/summary.csv: a row per task (its headline metric), a column per model, the
 chance level beside, the average over tasks on the last row. Every entry is checked before any model loads.
+
+An entry with `skip_if_missing: HINT` whose data (data, train_data, val_data) is not there is skipped, not
+an error: its row says `skipped`, summary.md and stdout give the reason ("... not found; HINT"), and the
+average is over the tasks that ran. `dataset: NAME` sets the JSON's "dataset" (default: the data folder's name).
 """
 import csv
 import dataclasses
@@ -17,7 +21,8 @@ import math
 import os
 import re
 import sys
-from typing import Any, Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -26,10 +31,24 @@ from eval.probe import ProbeConfig
 from eval.tasks import TaskSpec
 
 HEADLINE = {"retrieval": "mean_recall@1", "classification": "acc1", "linear_probe": "acc1"}
-SPEC_KEYS = {f.name for f in dataclasses.fields(TaskSpec)} - {"probe"}
+SPEC_KEYS = {f.name for f in dataclasses.fields(TaskSpec)} - {"probe", "name"}
 PROBE_KEYS = {"fewshot_k": "fewshot_k", "fewshot_lr": "lr", "fewshot_epochs": "epochs", "seed": "seed",
               "probe_batch_size": "batch_size"}
+SUITE_KEYS = {"name", "metric", "dataset", "skip_if_missing"}
 PATH_KEYS = ("data", "train_data", "val_data", "classnames")
+DATA_KEYS = ("data", "train_data", "val_data")
+
+
+@dataclass
+class SuiteTask:
+    name: str
+    metric: str  # the summary's headline
+    spec: TaskSpec
+    skipped: Optional[str] = None  # why it is not run (skip_if_missing and its data is not there)
+
+    @property
+    def dataset(self) -> str:
+        return self.spec.name or os.path.basename(os.path.normpath(self.spec.data.split("{")[0])) or self.spec.data
 
 
 class SuiteError(UserError, ValueError):
@@ -40,8 +59,16 @@ def _resolve(root: str, value: str) -> str:
     return value if os.path.isabs(value) or "://" in value else os.path.join(root, value)
 
 
-def load_suite(path: str, data_root: str = None) -> Tuple[List[Tuple[str, str, TaskSpec]], Dict[str, Any]]:
-    """-> ([(task name, headline metric, spec)], the file's top-level settings)."""
+def _exists(path: str) -> bool:
+    if "://" in path:
+        return True
+    if "{" in path:  # a brace pattern: its folder
+        return os.path.isdir(os.path.dirname(path.split("{")[0]) or ".")
+    return os.path.exists(path)
+
+
+def load_suite(path: str, data_root: str = None) -> Tuple[List[SuiteTask], Dict[str, Any]]:
+    """-> (the tasks, the file's top-level settings)."""
     try:
         with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f) or {}
@@ -62,11 +89,14 @@ def load_suite(path: str, data_root: str = None) -> Tuple[List[Tuple[str, str, T
             raise SuiteError(f"{where}: name {name!r} must be unique and made of letters, digits, . _ + -")
         names.add(name)
         metric = entry.pop("metric", None)
+        hint = entry.pop("skip_if_missing", None)
+        if "dataset" in entry:
+            entry["name"] = str(entry.pop("dataset"))
         probe = {PROBE_KEYS[k]: entry.pop(k) for k in list(entry) if k in PROBE_KEYS}
-        unknown = sorted(set(entry) - SPEC_KEYS)
+        unknown = sorted(set(entry) - SPEC_KEYS - {"name"})
         if unknown:
             raise SuiteError(f"{where} ({name}): unknown key(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(SPEC_KEYS | set(PROBE_KEYS) | {'name', 'metric'}))}")
+                             f"{', '.join(sorted(SPEC_KEYS | set(PROBE_KEYS) | SUITE_KEYS))}")
         for key in PATH_KEYS:
             if entry.get(key):
                 entry[key] = _resolve(root, str(entry[key]))
@@ -76,7 +106,12 @@ def load_suite(path: str, data_root: str = None) -> Tuple[List[Tuple[str, str, T
             spec = TaskSpec(**entry, probe=ProbeConfig(**probe))
         except (TypeError, ValueError) as e:
             raise SuiteError(f"{where} ({name}): {e}") from None
-        out.append((name, metric or HEADLINE[spec.task], spec))
+        skipped = None
+        if hint:
+            missing = [entry[k] for k in DATA_KEYS if entry.get(k) and not _exists(entry[k])]
+            if missing:
+                skipped = f"{missing[0]} not found" + ("" if hint is True else f"; {hint}")
+        out.append(SuiteTask(name, metric or HEADLINE[spec.task], spec, skipped))
     return out, doc
 
 
@@ -89,34 +124,44 @@ def _model_columns(models: List[str]) -> List[str]:
     return cols
 
 
-def summary_rows(tasks, results: Dict[str, Dict[str, Any]], columns: List[str]) -> List[List[str]]:
-    """[header, one row per task, average]; values in %, n/a where a metric is missing or NaN."""
+def summary_rows(tasks: List[SuiteTask], results: Dict[str, Dict[str, Any]], columns: List[str]) -> List[List[str]]:
+    """[header, one row per task, average]; values in %, n/a where a metric is missing or NaN, `skipped`
+    for a skipped task (the average is over the tasks that ran)."""
     def pct(x):
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
     rows = [["task", "dataset", "metric", "chance", *columns]]
     sums = [[] for _ in columns]
-    for name, metric, _ in tasks:
-        first = results[columns[0]][name]
-        values = [results[c][name]["metrics"].get(metric) for c in columns]
+    ran = [t for t in tasks if not t.skipped]
+    for t in tasks:
+        if t.skipped:
+            rows.append([t.name, t.dataset, t.metric, "n/a", *["skipped"] * len(columns)])
+            continue
+        first = results[columns[0]][t.name]
+        values = [results[c][t.name]["metrics"].get(t.metric) for c in columns]
         for acc, v in zip(sums, values):
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 acc.append(v)
-        rows.append([name, first["dataset"], metric, pct(first["clipforge"]["chance"].get(metric)),
+        rows.append([t.name, first["dataset"], t.metric, pct(first["clipforge"]["chance"].get(t.metric)),
                      *[pct(v) for v in values]])
-    chance = [float(r[3]) for r in rows[1:] if r[3] != "n/a"]
-    rows.append(["average", "", f"{len(tasks)} tasks", f"{sum(chance) / len(chance):.2f}" if chance else "n/a",
-                 *[pct(sum(s) / len(s)) if len(s) == len(tasks) else "n/a" for s in sums]])
+    chance = [float(r[3]) for r, t in zip(rows[1:], tasks) if r[3] != "n/a" and not t.skipped]
+    label = f"{len(ran)} tasks" + (f" ({len(tasks) - len(ran)} skipped)" if len(ran) < len(tasks) else "")
+    rows.append(["average", "", label, f"{sum(chance) / len(chance):.2f}" if chance else "n/a",
+                 *[pct(sum(s) / len(s)) if ran and len(s) == len(ran) else "n/a" for s in sums]])
     return rows
 
 
-def write_summary(out_dir: str, rows: List[List[str]]) -> None:
+def write_summary(out_dir: str, rows: List[List[str]], tasks: List[SuiteTask] = ()) -> None:
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "summary.csv"), "w", newline="") as f:
         csv.writer(f).writerows(rows)
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    skipped = [f"- `{t.name}`: {t.skipped}" for t in tasks if t.skipped]
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("Values in %: each task's headline metric per model; chance = a random guess.\n\n")
         f.write("\n".join(lines) + "\n")
+        if skipped:
+            f.write("\nSkipped (the average leaves them out):\n" + "\n".join(skipped) + "\n")
 
 
 def run_suite_cli(args) -> int:
@@ -139,7 +184,10 @@ def run_suite_cli(args) -> int:
                 loaded = load_model(model, args.model_config, args.pretrained)
             loaded.model.to(rt.device)
             results[column] = {}
-            for name, _, spec in tasks:
+            for task in tasks:
+                if task.skipped:
+                    continue
+                name, spec = task.name, task.spec
                 run, source, extra = run_task(spec, loaded, rt)
                 extra.update(precision=rt.precision, world_size=world, suite=args.suite, task_name=name)
                 result = report.result_json(run, source.name, loaded.name, loaded.pretrained, extra)
@@ -153,8 +201,12 @@ def run_suite_cli(args) -> int:
         cleanup(rt)
     if rank == 0:
         rows = summary_rows(tasks, results, columns)
-        write_summary(out_dir, rows)
+        write_summary(out_dir, rows, tasks)
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows))
-        print(f"wrote {out_dir}/summary.md, summary.csv and {len(tasks) * len(columns)} JSONs")
+        for task in tasks:
+            if task.skipped:
+                print(f"skipped {task.name}: {task.skipped}")
+        ran = sum(not t.skipped for t in tasks)
+        print(f"wrote {out_dir}/summary.md, summary.csv and {ran * len(columns)} JSONs")
     return 0
