@@ -1,8 +1,11 @@
 """scikit-learn's digits as a CLIP_benchmark webdataset dir (data_pipeline/digits.py): every image is
 load_digits' own pixels (dark ink on white, enlarged by whole pixels), labels and the fixed split are
-load_digits' order, clipforge eval reads the class names, templates and type it writes; docs/eval.md's
-command runs as printed; bad arguments are one line, exit 2."""
+load_digits' order, clipforge eval reads the class names, templates and type it writes, and so does
+CLIP_benchmark 1.6.2's own wds reader; docs/eval.md's command runs as printed; bad arguments are one line,
+exit 2."""
 import io
+import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +18,17 @@ from PIL import Image
 from data_pipeline.digits import CLASSNAMES, TEMPLATES, main, write_digits
 from eval.sources import open_source
 
-from .test_clip_benchmark_parity import REPO
+from .test_clip_benchmark_parity import PEER, REPO
+
+PEER_WDS = REPO / ".venv-peers" / "wds0286"
+PEER_READ = r"""
+import json, sys
+from clip_benchmark.datasets.builder import build_wds_dataset
+ds = build_wds_dataset("wds/digits", transform=lambda im: list(im.getdata())[:3], split="test", data_dir=sys.argv[1])
+items = list(ds)
+print(json.dumps({"classes": ds.classes, "templates": ds.templates, "n": len(items),
+                  "labels": [int(y) for _, y in items[:20]]}))
+"""
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn: pip install -e '.[digits]'")
 
@@ -45,6 +58,20 @@ def test_every_digit_is_load_digits_own_pixels_label_and_place(tmp_path):
         ("clip_benchmark-wds", CLASSNAMES, TEMPLATES, "classification")
     assert source.data.num_samples == 359 and CLASSNAMES == [str(d) for d in range(10)]
     assert "a photo of the number {c}." in TEMPLATES
+
+
+def test_clip_benchmark_reads_it_as_its_own_wds_dataset(tmp_path):
+    if not (PEER / "clip_benchmark").is_dir() or not PEER_WDS.is_dir():
+        pytest.skip(f"CLIP_benchmark / webdataset 0.2.86 not under {PEER.parent} (make .venv-peers/.stamp-test)")
+    write_digits(str(tmp_path / "d"), size=16)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (PEER_WDS, PEER, REPO)))}
+    proc = subprocess.run([sys.executable, "-c", PEER_READ, str(tmp_path / "d")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    labels = sklearn_datasets.load_digits().target
+    assert (got["classes"], got["templates"], got["n"]) == (CLASSNAMES, TEMPLATES, 359)
+    assert got["labels"] == [int(y) for y in labels[1438:1458]]
 
 
 def test_the_documented_command_runs_as_printed(tmp_path):
