@@ -42,7 +42,10 @@ def zero_shot_classifier(encode_text: Callable[[torch.Tensor], torch.Tensor], to
 
 
 def ranks_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per row: #classes with a higher logit + #lower-index classes with an equal one (0 = top-1)."""
+    """Per row: #classes with a higher logit + #lower-index classes with an equal one (0 = top-1).
+    NaN ranks as the largest logit, as argmax/topk (CLIP_benchmark) rank it: otherwise a diverged linear probe's
+    all-NaN rows would all count as hits (NaN > own and NaN == own are both False) and score 100 %."""
+    logits = torch.where(logits.isnan(), torch.inf, logits)
     idx = torch.arange(logits.shape[1], device=logits.device)[None]
     y = labels[:, None]
     own = logits.gather(1, y)

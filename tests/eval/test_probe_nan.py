@@ -5,21 +5,12 @@ overflow and every logit is NaN. `eval.classification.ranks_from_logits` then co
 the test acc1 is 1.0: seen on scikit-learn's digits (configs/eval/demo.yaml's digits-probe) with a random
 tiny model (sklearn's LogisticRegression on the same features: 27 %). CLIP_benchmark ranks NaN as the
 largest logit (torch.topk / argmax), so a NaN row predicts class 0 there.
-
-Marked xfail(strict) until ranks_from_logits treats NaN as +inf (e.g. first
-`logits = torch.where(logits.isnan(), torch.inf, logits)`, keeping lower-index-first ties: argmax's choice);
-with that both pass (checked by patching it in) and the marks go."""
-import pytest
+ranks_from_logits now ranks NaN as +inf, lower index first on ties: argmax's choice."""
 import torch
 
 from eval.classification import ranks_from_logits
 from eval.probe import ProbeConfig, linear_probe
 
-BUG = pytest.mark.xfail(strict=True, reason="eval/classification.ranks_from_logits counts NaN logits as hits "
-                                             "(eval/probe.py, eval/classification.py are owned elsewhere)")
-
-
-@BUG
 def test_nan_logits_rank_as_the_largest_lower_index_first():
     logits = torch.full((10, 10), float("nan"))
     labels = torch.arange(10)
@@ -27,7 +18,6 @@ def test_nan_logits_rank_as_the_largest_lower_index_first():
     assert (ranks_from_logits(logits, labels) == 0).sum() == (logits.argmax(1) == labels).sum()
 
 
-@BUG
 def test_a_probe_diverging_at_large_weight_decay_scores_near_chance_not_100():
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(1400, 16, generator=g), dim=1)
