@@ -9,7 +9,7 @@ Runs, each timed launch -> final weights, each export scored by `clipforge eval`
   peer-lit       the same with the locked MiniLM (open_clip's HF tower, `--lock-text`), run every step
   parity         clipforge at exactly those settings (1 caption per visit, no clipping, fp32, 1,170 steps) and
                  open_clip_train's defaults for a model not named ViT: AdamW betas 0.9/0.999, eps 1e-8, crops
-                 of 90-100 % of the image, no mirror
+                 of 90-100 % of the image, no mirror, embeddings decayed
   recipe-scratch / recipe-lit   clipforge's recipes (configs/flickr8k-cpu.yaml, configs/flickr8k-lit.yaml);
                  reused from runs/flickr8k/{scratch,lit} when `make flickr8k` already trained them
 Dev mean R@10 over wall time (peer: a checkpoint per epoch, scored on dev; clipforge: RUN/eval/stepN.json)
@@ -205,7 +205,8 @@ def main(argv=None) -> int:
              f"train.global_batch_size={p['batch']}", "deepspeed.precision=fp32", "data.captions_per_sample=1",
              f"model.name={MODEL}", f"eval.every_steps={p['eval_every']}",
              # open_clip_train's get_default_params for a model whose name has no "vit"; its train transform
-             "optim.beta1=0.9", "optim.beta2=0.999", "optim.eps=1e-8", "data.crop_scale=[0.9,1.0]", "data.hflip=false"]
+             "optim.beta1=0.9", "optim.beta2=0.999", "optim.eps=1e-8", "data.crop_scale=[0.9,1.0]", "data.hflip=false",
+             "optim.decay_embeddings=true"]  # its weight-decay rule
     small = [] if not args.quick else [f"train.global_batch_size={p['batch']}", f"eval.every_steps={p['eval_every']}",
                                        "eval.batch_size=16", "checkpoint.every_steps=1000"]
     reuse = None if args.quick else REPO / "runs" / "flickr8k"

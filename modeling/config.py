@@ -74,6 +74,9 @@ class OptimConfig:
     lr_image: Optional[float] = None
     lr_text: Optional[float] = None
     weight_decay: float = 0.2
+    # Embeddings (token, positional, attention-pool) are not decayed by default; true decays them as
+    # open_clip_train does (its rule leaves out only ndim < 2, bn, ln, bias and logit_scale parameters).
+    decay_embeddings: bool = False
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6

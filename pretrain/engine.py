@@ -90,9 +90,11 @@ def _tower(name: str) -> str:
     return "text"  # clip.text.* (custom text) or CLIP's top-level text parameters
 
 
-def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
-    # Biases, norms (1-d), logit_scale/bias (0-d) and embeddings are not decayed (open_clip convention).
-    return param.ndim < 2 or "embedding" in name or "logit_" in name or ".ln_" in name or "norm" in name
+def _no_decay(name: str, param: torch.nn.Parameter, decay_embeddings: bool) -> bool:
+    # Biases, norms (1-d) and logit_scale/bias (0-d) are never decayed; embeddings unless optim.decay_embeddings
+    # (open_clip_train decays them: a 2-d token table is a matrix to its ndim rule).
+    embedding = "embedding" in name and not decay_embeddings
+    return param.ndim < 2 or embedding or "logit_" in name or ".ln_" in name or "norm" in name
 
 
 def param_groups(model: torch.nn.Module, cfg: RunConfig):
@@ -102,7 +104,7 @@ def param_groups(model: torch.nn.Module, cfg: RunConfig):
     buckets = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            key = (_tower(name), _no_decay(name, param))
+            key = (_tower(name), _no_decay(name, param, cfg.optim.decay_embeddings))
             buckets.setdefault(key, []).append(param)
     groups, base_lrs = [], []
     for (tower, no_decay), params in sorted(buckets.items()):

@@ -74,6 +74,22 @@ def test_lit_locks_the_image_tower_and_groups_follow_the_rules(tiny_model_config
     assert sum(p.numel() for g in groups for p in g["params"]) == trainable
 
 
+def test_decay_embeddings_decays_the_embedding_tables_only(tiny_model_config):
+    """optim.decay_embeddings: open_clip_train's rule (token and positional tables decayed), the rest as before."""
+    def decays(*overrides):
+        bundle = build_model(cfg_for(tiny_model_config, *overrides).model, cfg_for(tiny_model_config).loss)
+        groups, _ = param_groups(bundle.model, cfg_for(tiny_model_config, "optim.weight_decay=0.1", *overrides))
+        names = {id(p): n for n, p in bundle.model.named_parameters()}
+        return {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    default, open_clip_rule = decays(), decays("optim.decay_embeddings=true")
+    embeddings = {"clip.token_embedding.weight", "clip.positional_embedding", "clip.visual.positional_embedding"}
+    assert {n for n in embeddings if n in default} >= {"clip.token_embedding.weight", "clip.positional_embedding"}
+    for name in embeddings & set(default):
+        assert default[name] == 0.0 and open_clip_rule[name] == 0.1, name
+    assert {n: d for n, d in default.items() if n not in embeddings} == \
+        {n: d for n, d in open_clip_rule.items() if n not in embeddings}
+
+
 def test_deepspeed_config_is_explicit_about_clipping_and_batch_split(tiny_model_config):
     cfg = cfg_for(tiny_model_config, "deepspeed.zero_stage=0", "deepspeed.precision=fp32",
                   "train.global_batch_size=64", "train.micro_batch_size=8", "optim.grad_clip=0.5")
