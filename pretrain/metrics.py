@@ -14,12 +14,7 @@ import torch
 import torch.distributed as dist
 
 from modeling.eval_results import periodic_eval
-from modeling.flops import peak_bf16_flops, train_flops_per_sample
-
-
-def peak_flops(device: torch.device) -> Optional[float]:
-    """The device's datasheet peak; None on CPU or an unlisted GPU, and MFU is then not reported."""
-    return peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+from modeling import flops as flop_model  # module attribute: tests patch its peak table lookup
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -40,15 +35,17 @@ def _metric_order(key: str):
     return (name, int(k)) if k.isdigit() else (key, float("inf"))
 
 
-def eval_line(step: int, metrics: Dict[str, float]) -> str:
-    return f"eval step {step}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics, key=_metric_order))
+def eval_line(step: int, metrics: Dict[str, float], label: str = "eval") -> str:
+    return f"{label} step {step}: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in sorted(metrics, key=_metric_order))
 
 
 class MetricsLogger:
     def __init__(self, run_dir: str, rank: int, world_size: int, device: torch.device, model_cfg: dict):
         self.run_dir, self.rank, self.world, self.device = run_dir, rank, world_size, device
-        self.flops = train_flops_per_sample(model_cfg)
-        self.peak = peak_flops(device)
+        self.flops = flop_model.train_flops_per_sample(model_cfg)
+        # The datasheet peak by device name ("cpu" and unlisted GPUs have none: MFU is then not reported).
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        self.peak = flop_model.peak_bf16_flops(name)
         self.writer = None
         self.jsonl = None
         if rank == 0:
