@@ -14,13 +14,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clipforge_base.atomic import write_atomic
-from clipforge_base.errors import UserError
 from data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
+from modeling.config_checks import RUN_LENGTH_KEYS, ConfigError, validate
 from modeling.eval_options import EvalConfig
-
-
-class ConfigError(UserError, ValueError):
-    """A config file or override is wrong; the message says which key and what to do."""
 
 
 @dataclass
@@ -45,12 +41,11 @@ class ModelConfig:
     ema_decay: Optional[float] = None
 
 
-LOSS_KINDS = ("infonce", "siglip")
-LOSS_IMPLS = ("naive", "tiled")
 
 
 @dataclass
 class LossConfig:
+    # Allowed values of the choice keys: modeling/config_checks.py (LOSS_KINDS, LOSS_IMPLS).
     kind: str = "infonce"
     # naive: materialise the B x B logits; tiled: O(B*d) memory, exact same gradients.
     impl: str = "naive"
@@ -62,9 +57,6 @@ class LossConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
     init_logit_bias: float = -10.0  # SigLIP only
-
-
-SCHEDULES = ("cosine", "constant", "linear")
 
 
 @dataclass
@@ -80,7 +72,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    schedule: str = "cosine"
+    schedule: str = "cosine"  # cosine, constant or linear (config_checks.SCHEDULES)
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     # Global grad-norm clip; 0 = off. Always applied explicitly (DeepSpeed's own default is 1.0).
@@ -107,20 +99,15 @@ class TrainConfig:
     device: str = "auto"
 
 
-DEVICES = ("auto", "cpu", "cuda")
-RUN_LENGTH_KEYS = ("steps", "samples", "epochs")
 # A section clipforge writes into RUN/config.yaml (version, git commit, overrides); ignored when read back,
 # so a run's config.yaml is itself a valid --config.
 RUN_INFO_KEY = "run_info"
 
-ZERO_STAGES = (0, 1, 2, 3)
-PRECISIONS = ("fp32", "bf16", "fp16")
-
 
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: int = 2
-    precision: str = "bf16"
+    zero_stage: int = 2  # 0-3
+    precision: str = "bf16"  # fp32, bf16 or fp16
     offload_optimizer: bool = False
     offload_param: bool = False
     reduce_bucket_size: int = 500_000_000
@@ -149,60 +136,6 @@ class RunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-def _choice(key: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
-
-
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks; every message names the key(s) and the fix."""
-    try:
-        cfg.data.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    _choice("loss.kind", cfg.loss.kind, LOSS_KINDS)
-    _choice("loss.impl", cfg.loss.impl, LOSS_IMPLS)
-    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    _choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, ZERO_STAGES)
-    _choice("deepspeed.precision", cfg.deepspeed.precision, PRECISIONS)
-    _choice("train.device", cfg.train.device, DEVICES)
-    # open_clip #616/#894: local loss without gather-with-grad silently trains on a wrong gradient.
-    if cfg.loss.local_loss and not cfg.loss.gather_with_grad:
-        raise ConfigError("loss.local_loss=true needs loss.gather_with_grad=true (otherwise the gradient is "
-                          "missing the cross-rank terms); set loss.gather_with_grad=true or loss.local_loss=false")
-    if cfg.loss.kind == "siglip" and cfg.loss.impl == "tiled":
-        raise ConfigError("loss.impl=tiled is implemented for loss.kind=infonce only; use loss.impl=naive with siglip")
-    if cfg.model.ema_decay is not None and not 0 < cfg.model.ema_decay < 1:
-        raise ConfigError(f"model.ema_decay={cfg.model.ema_decay}: must be in (0, 1), e.g. 0.999, or null (off)")
-    if cfg.data.captions_per_sample > 1 and (cfg.loss.local_loss or cfg.loss.impl == "tiled"):
-        raise ConfigError(f"data.captions_per_sample={cfg.data.captions_per_sample} needs the global naive loss "
-                          "(its positives span ranks); set loss.local_loss=false loss.impl=naive, or "
-                          "data.captions_per_sample=1")
-    if cfg.loss.tile_size < 1:
-        raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
-    lengths = [k for k in RUN_LENGTH_KEYS if getattr(cfg.train, k) is not None]
-    if len(lengths) != 1:
-        raise ConfigError(f"give exactly one of train.steps, train.samples, train.epochs (got {lengths or 'none'}); "
-                          "set the others to null, e.g. train.epochs=null train.steps=100")
-    if cfg.data.mode == "resampled" and cfg.train.epochs is not None:
-        raise ConfigError("train.epochs needs data.mode=epoch; with data.mode=resampled give train.steps or train.samples")
-    if cfg.train.global_batch_size < 1:
-        raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size}: must be >= 1")
-    if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size < 1:
-        raise ConfigError(f"train.micro_batch_size={cfg.train.micro_batch_size}: must be >= 1 or null")
-    if cfg.optim.grad_clip < 0:
-        raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip}: must be >= 0 (0 = off)")
-    if not 0 <= cfg.model.patch_dropout < 1:
-        raise ConfigError(f"model.patch_dropout={cfg.model.patch_dropout}: must be in [0, 1)")
-    if cfg.deepspeed.offload_param and cfg.deepspeed.zero_stage != 3:
-        raise ConfigError("deepspeed.offload_param=true needs deepspeed.zero_stage=3")
-    if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
-        raise ConfigError("deepspeed.offload_optimizer=true needs deepspeed.zero_stage >= 1")
-    if cfg.model.hf_text_dir is not None and not os.path.isdir(cfg.model.hf_text_dir):
-        raise ConfigError(f"model.hf_text_dir={cfg.model.hf_text_dir!r}: no such directory "
-                          "(a local Hugging Face model folder: config, weights and tokenizer)")
 
 
 def check_batch_split(cfg: RunConfig, world_size: int) -> int:

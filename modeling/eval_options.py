@@ -27,3 +27,5 @@ class EvalConfig(EvalOptions):
     """The run config's eval.* keys: the eval options plus when the trainer runs it."""
     # Periodic retrieval eval on data.val_path every N steps; 0 = only at the end (if val_path).
     every_steps: int = 0
+    # Also evaluate the model EMA (needs model.ema_decay) at every periodic eval, into RUN/eval-ema/stepN.json.
+    ema: bool = False

@@ -14,6 +14,11 @@ round most updates away). Each rank saves its own shadow beside the checkpoint's
 
 The decay warms up as (1 + n) / (10 + n), capped at `decay` (n = updates so far; timm's ModelEmaV2
 scheme): a short run's EMA is not dominated by the random initial weights.
+
+The periodic eval of the EMA weights (`eval.ema`) runs on `EMAEvalCopy`: a plain fp32 model filled from the
+consolidated EMA state at every eval, the same gather the RUN/export-ema/ export does. Swapping the EMA into
+the engine itself would not do: its forward reads the bf16 (ZeRO-1/2: also all-gathered) working copies,
+which DeepSpeed refreshes from the masters only inside its optimizer step.
 """
 import contextlib
 from typing import Dict, List, Optional, Tuple
@@ -21,6 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from modeling.config import ConfigError
+from pretrain.export import consolidated_state_dict
 
 
 def _master_view(param: torch.nn.Parameter) -> Optional[torch.Tensor]:
@@ -87,3 +93,22 @@ class ModelEMA:
                              "(another model, ZeRO stage or world size); resume with the saved settings")
         self.updates = int(state["updates"])
         self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
+
+
+class EMAEvalCopy:
+    """A plain fp32 model on every rank holding the EMA weights, for the periodic eval (`eval.ema`).
+    build() -> a fresh ContrastiveModel of the run's architecture (modeling.model.build_model(...).model);
+    frozen: `pretrain.export.frozen_fp32` of a bf16/fp16 LiT run (the locked tower's exact fp32 weights)."""
+
+    def __init__(self, ema: ModelEMA, build, device, frozen: Optional[Dict[str, torch.Tensor]] = None):
+        self.ema, self.frozen = ema, frozen or {}
+        # Its random init must not shift the training's RNG stream (dropout / patch-dropout masks).
+        with torch.random.fork_rng(devices=[]):
+            self.model = build().to(device).eval()
+
+    def refresh(self) -> torch.nn.Module:
+        """-> the copy, holding the current EMA weights. Every rank calls it (ZeRO-3 gathers are collectives)."""
+        with self.ema.swapped_in():
+            state = consolidated_state_dict(self.ema.engine)
+        self.model.clip.load_state_dict({**state, **self.frozen})
+        return self.model

@@ -22,7 +22,7 @@ from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
 from modeling.config import RunConfig, check_batch_split, save_config
 from pretrain.distributed import init_distributed
 from pretrain.engine import build_engine
-from pretrain.ema import ModelEMA
+from pretrain.ema import EMAEvalCopy, ModelEMA
 from pretrain.export import export_model, frozen_fp32
 from pretrain.loss import build_loss
 from pretrain.metrics import MetricsLogger, eval_line
@@ -76,26 +76,34 @@ def _resume_path(cfg: RunConfig, checkpoints: CheckpointManager) -> Optional[str
     return resume
 
 
-def logged_eval(evaluator: Optional[Callable], cfg: RunConfig, engine, bundle, dist, writer):
-    """evaluator(cfg, engine, bundle, device) -> evaluate(step) -> result or None (handed in from above:
+def logged_eval(evaluator: Optional[Callable], cfg: RunConfig, engine, bundle, dist, writer,
+                ema_copy: Optional[EMAEvalCopy] = None):
+    """evaluator(cfg, model, bundle, device) -> evaluate(step) -> result or None (handed in from above:
     eval.periodic.retrieval_evaluator, wired by pretrain/cli.py; the result is the JSON object `clipforge
     eval --out` writes). -> evaluate(step) -> metrics that also writes the result to RUN/eval/stepN.json,
-    tensorboard (eval/...) and one log line on rank 0. None without an eval."""
+    tensorboard (eval/...) and one log line on rank 0. None without an eval. ema_copy (eval.ema): the EMA
+    weights are evaluated too, into RUN/eval-ema/stepN.json and tensorboard's eval_ema/..."""
     evaluate = evaluator(cfg, engine, bundle, dist.device) if evaluator is not None else None
     if evaluate is None:
         return None
+    evaluate_ema = evaluator(cfg, ema_copy.model, bundle, dist.device) if ema_copy is not None else None
+
+    def write(result: dict, step: int, folder: str, label: str) -> None:
+        if dist.rank == 0:
+            os.makedirs(os.path.join(cfg.train.run_dir, folder), exist_ok=True)
+            write_atomic(os.path.join(cfg.train.run_dir, folder, f"{tag_for(step)}.json"),
+                         json.dumps(result, indent=2) + "\n")
+            for key, value in result["metrics"].items():
+                writer.add_scalar(f"{folder.replace('-', '_')}/{key}", value, step)
+            print(eval_line(step, result["metrics"], label), file=sys.stderr)
 
     def evaluate_and_log(step: int) -> dict:
         result = evaluate(step)
-        metrics = result["metrics"]
-        if dist.rank == 0:
-            os.makedirs(os.path.join(cfg.train.run_dir, "eval"), exist_ok=True)
-            write_atomic(os.path.join(cfg.train.run_dir, "eval", f"{tag_for(step)}.json"),
-                         json.dumps(result, indent=2) + "\n")
-            for key, value in metrics.items():
-                writer.add_scalar(f"eval/{key}", value, step)
-            print(eval_line(step, metrics), file=sys.stderr)
-        return metrics
+        write(result, step, "eval", "eval")
+        if evaluate_ema is not None:
+            ema_copy.refresh()
+            write(evaluate_ema(step), step, "eval-ema", "eval EMA")
+        return result["metrics"]
     return evaluate_and_log
 
 
@@ -158,7 +166,9 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     metrics = MetricsLogger(run_dir, rank, world, dist.device, bundle.model_cfg)
     metrics.set_progress(total, state["step"], state["samples_seen"], cfg.train.global_batch_size,
                          loader.steps_per_epoch)
-    evaluate = logged_eval(evaluator, cfg, engine, bundle, dist, metrics.writer)
+    ema_copy = EMAEvalCopy(ema, lambda: build_model(cfg.model, cfg.loss).model, dist.device, frozen) \
+        if ema is not None and cfg.eval.ema and evaluator is not None else None
+    evaluate = logged_eval(evaluator, cfg, engine, bundle, dist, metrics.writer, ema_copy)
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
                       total_steps=total, mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
