@@ -41,8 +41,6 @@ class ModelConfig:
     ema_decay: Optional[float] = None
 
 
-
-
 @dataclass
 class LossConfig:
     # Allowed values of the choice keys: modeling/config_checks.py (LOSS_KINDS, LOSS_IMPLS).

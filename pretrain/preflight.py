@@ -73,7 +73,7 @@ def preflight(cfg: RunConfig) -> None:
         check_dataset(f"data.sources[{i}].path", source.path)
     if cfg.data.val_path:
         check_dataset("data.val_path", cfg.data.val_path)
-    check_model(cfg.model.name)   # model.hf_text_dir is checked by modeling.config.validate
+    check_model(cfg.model.name)   # model.hf_text_dir is checked by modeling.config_checks.validate
 
 
 def unknown_flag_message(extras: Sequence[str], argv: Sequence[str]) -> Optional[str]:
