@@ -7,6 +7,7 @@ import sys
 COMMANDS = {
     "convert": ("data_pipeline.convert.cli", "raw images + captions (folder, tables, COCO/Flickr json, URLs) -> tar shards"),
     "verify": ("data_pipeline.verify", "re-read a shard dataset and check it against its manifest"),
+    "curate": ("data_pipeline.curate.cli", "filter a shard dataset (words, size, lists, scores, near-duplicates) -> a new one"),
     "pretrain": ("pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
     "launch": ("launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
     "eval": ("eval.cli", "zero-shot retrieval / classification, linear probe, suites; CLIP_benchmark JSON"),

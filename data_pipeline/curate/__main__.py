@@ -1,0 +1,6 @@
+"""`python -m data_pipeline.curate ...` (= `clipforge curate`)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

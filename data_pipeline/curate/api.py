@@ -1,0 +1,89 @@
+"""`curate(source, out, **options)`: the Python API behind `clipforge curate` (docs/convert.md "Curation")."""
+import hashlib
+import os
+import sys
+from collections import Counter
+from typing import Dict, List, Optional
+
+from tqdm import tqdm
+
+from data_pipeline.convert.merge import VERSION
+from data_pipeline.embeddings import dataset_root
+from data_pipeline.shards import ShardSet, open_shards
+from .dedup import NearDuplicates, load_embeddings
+from .filters import Fate, Filter, sample_filters
+from .options import CurateOptions
+from .samples import Sample, input_keys, read_samples
+from .scores import score_fates
+from .writer import FateTable, ShardsOut, check_out_dir, write_json
+
+
+def _fate(sample: Sample, index: int, filters: List[Filter], pool: Dict[int, Fate],
+          dedup: Optional[NearDuplicates]) -> Optional[Fate]:
+    """The first filter that removes the sample; dedup last, so it only compares samples that survive the rest."""
+    for check in filters:
+        fate = check(sample)
+        if fate:
+            return fate
+    if index in pool:
+        return pool[index]
+    return dedup.check(index) if dedup else None
+
+
+def _manifest_sha256(source: str) -> Optional[str]:
+    """Which version of the input this was curated from (None for tars without a manifest)."""
+    path = os.path.join(dataset_root(source), "manifest.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def _manifest(options: CurateOptions, shard_set: ShardSet, shards: List[dict], fates: FateTable) -> dict:
+    statuses, filters = Counter(fates.columns["status"]), Counter(f for f in fates.columns["filter"] if f)
+    source = shard_set.manifest or {}
+    return {
+        "format": "clipforge-shards", "version": 1,
+        "num_samples": sum(shard["samples"] for shard in shards),
+        "input_items": len(fates.columns["key"]),
+        "shards": shards,
+        "counts": dict(sorted(statuses.items())),
+        "removed_by": dict(sorted(filters.items())),
+        "image": source.get("image"),
+        "txt_captions": source.get("txt_captions", "all"),
+        "created_by": {"version": VERSION, "command": "curate", "config": options.content(),
+                       "input": {"path": os.path.abspath(options.source), "manifest_sha256": _manifest_sha256(options.source),
+                                 "num_samples": len(fates.columns["key"])}},
+    }
+
+
+def curate(source: str, out: str, **options) -> dict:
+    """Write the samples of SOURCE that pass every filter as a new shard dataset in OUT; returns its manifest.
+
+    `options`: any other CurateOptions field (samples_per_shard, min_words, min_image_size, max_aspect_ratio,
+    keep_list, remove_list, scores, score_column, min_score, top_fraction, embeddings, embedding_column,
+    dedup_threshold, progress). Raises CurateError / ShardError (one line, names the file or flag) before writing.
+    """
+    options = CurateOptions(source=str(source), out=str(out), **options)
+    options.validate()
+    shard_set = open_shards(options.source)
+    keys = input_keys(shard_set)
+    filters = sample_filters(options)
+    pool = score_fates(options, keys)
+    dedup = None
+    if options.embeddings:
+        vectors = load_embeddings(options.embeddings, options.embedding_column, keys)
+        dedup = NearDuplicates(vectors, keys, options.dedup_threshold)
+    check_out_dir(options.out)  # only now: a bad side file leaves no empty --out behind
+    shards, fates = ShardsOut(options.out, options.samples_per_shard), FateTable()
+    bar = tqdm(read_samples(shard_set), total=len(keys), unit="sample", desc="curate", file=sys.stderr,
+               disable=not options.progress)
+    for index, sample in enumerate(bar):
+        fate = _fate(sample, index, filters, pool, dedup)
+        fates.add(sample, fate, None if fate else shards.add(sample))
+    shards.flush()
+    fates.write(options.out)
+    manifest = _manifest(options, shard_set, shards.shards, fates)
+    write_json(os.path.join(options.out, "sizes.json"), {s["name"]: s["samples"] for s in shards.shards})
+    write_json(os.path.join(options.out, "manifest.json"), manifest)  # last: its presence marks the dataset done
+    return manifest

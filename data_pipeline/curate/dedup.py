@@ -1,0 +1,75 @@
+"""Near-duplicate removal from precomputed embeddings (SemDeDup's criterion: cosine similarity of embeddings).
+
+Greedy in input order: a sample that passed every other filter is removed when its cosine similarity to a sample
+already KEPT is at least the threshold, else it is kept. So the first sample of each near-duplicate group is
+kept, every removed sample names a kept one (its reason), and the result depends on nothing but the input order.
+Exact, O(samples x kept x dim) with numpy (float32 dot products, compared with 1e-6 of slack so that copies
+reach a threshold of 1.0); SemDeDup's k-means clustering, which makes this sub-quadratic, is not done here.
+"""
+from typing import List, Optional
+
+import numpy as np
+
+from .filters import Fate
+from .options import CurateError
+from .side_files import keyed_column
+
+# float32 rounding: the cosine of a vector with itself can come out 1 - 6e-8
+SLACK = 1e-6
+
+
+def _from_npy(path: str, count: int) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)  # files are data, never pickled code
+    except (OSError, ValueError) as error:
+        raise CurateError(f"--embeddings {path}: not a readable .npy ({error})") from None
+    if vectors.ndim != 2 or vectors.shape[0] != count:
+        raise CurateError(f"--embeddings {path}: shape {tuple(vectors.shape)}, expected ({count}, dim): one row "
+                          "per input sample, in the dataset's sample order (or give a parquet with a 'key' column)")
+    return vectors
+
+
+def _from_parquet(path: str, column: str, keys: List[str]) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    values = keyed_column(path, "--embeddings", column, keys)
+    kind = values.type
+    is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    lengths = set(pc.list_value_length(values).to_pylist()) if is_list else set()
+    if len(lengths) != 1 or None in lengths:
+        raise CurateError(f"--embeddings {path}: column {column!r} must hold one list of floats of the same "
+                          f"length per key (found {values.type}, lengths {sorted(map(str, lengths))[:3]})")
+    return values.flatten().to_numpy(zero_copy_only=False).reshape(len(keys), lengths.pop())
+
+
+def load_embeddings(path: str, column: str, keys: List[str]) -> np.ndarray:
+    """[input samples, dim] float32, unit rows, in input order."""
+    vectors = _from_npy(path, len(keys)) if path.endswith(".npy") else _from_parquet(path, column, keys)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
+    if bad.size:
+        raise CurateError(f"--embeddings {path}: {bad.size} rows are zero or not finite (e.g. key {keys[bad[0]]}): "
+                          "a cosine needs a direction")
+    return vectors / norms[:, None]
+
+
+class NearDuplicates:
+    def __init__(self, vectors: np.ndarray, keys: List[str], threshold: float):
+        self.vectors, self.keys, self.threshold = vectors, keys, threshold
+        self.kept = np.empty_like(vectors)  # rows 0..count-1: the kept samples' vectors, in order
+        self.kept_index: List[int] = []
+
+    def check(self, index: int) -> Optional[Fate]:
+        """Called in input order for each sample the other filters kept: its Fate, or None (then it is kept)."""
+        vector, count = self.vectors[index], len(self.kept_index)
+        if count:
+            similarities = self.kept[:count] @ vector
+            nearest = int(np.argmax(similarities))
+            if similarities[nearest] >= self.threshold - SLACK:
+                twin = self.keys[self.kept_index[nearest]]
+                return Fate("duplicate", "dedup", f"near-duplicate of kept sample {twin} (cosine "
+                            f"{similarities[nearest]:.4f} >= --dedup-threshold {self.threshold:g})")
+        self.kept[count] = vector
+        self.kept_index.append(index)
+        return None
