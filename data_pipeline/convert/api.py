@@ -11,6 +11,7 @@ from tqdm import tqdm
 from data_pipeline.shards import shard_name
 from .merge import merge, missing_shards
 from .options import ConvertError, ConvertOptions
+from .optout import ROBOTS, describe
 from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
 from .process import process_chunk, worker_ready
 from .readers import read_inputs
@@ -122,6 +123,7 @@ def convert(inputs: List[str], out_dir: str, **options) -> Dict:
     log = _log if options.progress else (lambda message: None)
     started = time.perf_counter()
     items, notes = read_inputs(options, log=log)
+    ROBOTS.clear()  # hosts are read once per conversion: a site may have changed its robots.txt since the last
     make_out_dir(out_dir)
     plan = make_plan(items, options)
     write_or_check_plan(out_dir, plan)
@@ -178,5 +180,8 @@ def convert(inputs: List[str], out_dir: str, **options) -> Dict:
         "images_per_second": round(work_items / seconds_working, 1) if work_items and seconds_working > 0 else 0.0,
         "manifest": os.path.join(out_dir, "manifest.json") if manifest else None,
         "node_rank": options.node_rank, "num_nodes": options.num_nodes,
+        # only URL inputs can opt out: local files have no site to ask
+        "opt_outs": describe(options.disallow_optout, options.respect_robots)
+        if any(item.source.startswith(("http://", "https://")) for item in items) else None,
     }
     return summary

@@ -79,6 +79,8 @@ def print_summary(summary: dict) -> None:
     print(f"clipforge convert: {summary['input_items']} input items -> {summary['written']} written, "
           f"{rejected} rejected; {summary['shards']} shards ({summary['skipped_shards']} already complete); "
           f"{summary['images_per_second']} img/s, {summary['seconds']} s")
+    if summary["opt_outs"]:
+        print(f"opt-outs: {summary['opt_outs']}")
     for reason, count in summary["reasons"].items():
         print(f"  {count:>8}  {reason}")
     for example in summary["rejected_examples"]:

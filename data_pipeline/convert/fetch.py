@@ -1,9 +1,11 @@
-"""Source bytes of one item: a local file, a file:// URL, or an http(s) download with timeout, retries and backoff."""
+"""Source bytes of one item: a local file, a file:// URL, or an http(s) download with timeout, retries and backoff,
+refused when the site opted out (data_pipeline/convert/optout.py)."""
 import time
 import urllib.parse
 import urllib.request
 
 from .images import ItemError
+from .optout import ROBOTS, check_header
 from .options import ConvertOptions
 
 # Worth retrying: the server or network may recover. A 404 or 403 will not.
@@ -42,6 +44,8 @@ def _body(response, url: str, timeout: float) -> bytes:
 def download(url: str, options: ConvertOptions) -> bytes:
     import requests  # imported here: local-only conversions never need it
 
+    if options.respect_robots:
+        ROBOTS.check(url, options.timeout, options.user_agent)
     reason, detail = "", ""
     for attempt in range(options.retries + 1):
         if attempt:
@@ -50,6 +54,8 @@ def download(url: str, options: ConvertOptions) -> bytes:
             with requests.get(url, timeout=options.timeout, headers={"User-Agent": options.user_agent},
                               stream=True) as response:
                 if response.status_code == 200:
+                    if not options.disallow_optout:  # before the body: an opted-out image is never downloaded
+                        check_header(url, response.raw.headers.getlist("X-Robots-Tag"))
                     return _body(response, url, options.timeout)
                 reason = f"http {response.status_code}"
                 detail = f"server answered {response.status_code} {response.reason}"

@@ -55,6 +55,11 @@ class ConvertOptions:
     one_caption_per_txt: bool = option(False, "KEY.txt holds only the first caption, KEY.json all of them: open_clip's "
                                        "trainer joins the lines of KEY.txt into one caption (clipforge reads "
                                        "KEY.json's either way)", "--one-caption-per-txt", "--open-clip-captions")
+    # Site opt-outs of URL inputs (data_pipeline/convert/optout.py): an opted-out image is recorded, not written.
+    disallow_optout: bool = option(False, "write images whose response says X-Robots-Tag noai, noimageai, noindex "
+                                   "or noimageindex too (honoured by default; the summary says it was off)")
+    respect_robots: bool = option(False, "also skip URLs the host's robots.txt disallows to our user agent "
+                                  "(read once per host)")
     # --- run options: they never change the output ---
     # The run fails (exit 1) when more than this fraction of the input items is rejected, and always when none is
     # written; 1.0 = only a conversion that wrote nothing fails, 0 = any rejection fails.
@@ -73,7 +78,8 @@ class ConvertOptions:
 
     CONTENT_KEYS = ("inputs", "fmt", "image_col", "caption_col", "keep_cols", "image_root", "split", "include_list",
                     "image_size", "resize_mode", "encode_format", "quality", "min_size", "max_aspect_ratio",
-                    "max_pixels", "dedup", "samples_per_shard", "one_caption_per_txt")
+                    "max_pixels", "dedup", "samples_per_shard", "one_caption_per_txt", "disallow_optout",
+                    "respect_robots")
 
     def content(self) -> dict:
         """The options that decide the output: written to the plan and the manifest's created_by.config."""
