@@ -177,3 +177,12 @@ def average_batchnorm_statistics(module: torch.nn.Module, group=None) -> None:
     flat /= world_size(group)
     for b, mean in zip(buffers, flat.split([b.numel() for b in buffers])):
         b.copy_(mean.view_as(b))
+
+
+def all_finite(value: Tensor) -> bool:
+    """Whether `value` is finite on every rank: one all-reduce (MAX) of a 0/1 flag, so every rank takes the
+    same branch (a rank that skipped a step alone would deadlock the others' next collective)."""
+    flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=value.device)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0

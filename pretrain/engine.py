@@ -5,7 +5,8 @@ applies them as small named steps, always in this order:
     2. optimizer_for              parameter groups (weight decay, per-tower lr, frozen towers left out) + AdamW
     3. deepspeed_config           precision, ZeRO stage + offload + buckets, gradient clipping (RUN/deepspeed.json)
     4. initialize                 deepspeed.initialize (ZeRO-3 fp32: the master copy is the partition)
-    5. nonfinite_guards           each stage's check that a non-finite gradient never reaches the weights
+    5. nonfinite_guards           each stage's clipping and check that a non-finite gradient never reaches the
+                                  weights, attached as engine.nonfinite_guard (train_step calls its step())
 
 Locking (LiT) happens before, in modeling.model.build_model; process-group start-up is pretrain.distributed;
 the corrections of DeepSpeed internals are pretrain.deepspeed_fixes (version-checked).
@@ -16,18 +17,20 @@ the corrections of DeepSpeed internals are pretrain.deepspeed_fixes (version-che
 import contextlib
 import json
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from clipforge_base.atomic import write_atomic
 from modeling.config import RunConfig
 from pretrain import deepspeed_fixes
-from pretrain.distributed import DistInfo
+from pretrain.distributed import DistInfo, all_finite
 
 
 def manual_clipping(cfg: RunConfig) -> bool:
     # DeepSpeed 0.19.7 ZeRO-0 + fp32 + gradient_clipping > 0 crashes on the 0-dim logit_scale
-    # (shared/notes/deepspeed-on-cpu.md); there we clip ourselves between backward and step.
+    # (shared/notes/deepspeed-on-cpu.md); there NonfiniteGuard clips between backward and step.
     return cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision == "fp32"
 
 
@@ -143,8 +146,41 @@ def initialize(model: torch.nn.Module, optimizer, config: dict, cfg: RunConfig, 
     return engine
 
 
-def nonfinite_guards(engine, cfg: RunConfig) -> None:
-    """ZeRO-0 fp32: clipforge's own check and clipping in pretrain/step.py (see manual_clipping)."""
+@dataclass
+class GuardedStep:
+    grad_norm: Optional[float]  # global L2 norm before clipping; None when DeepSpeed reports none
+    # fp16 only: DeepSpeed's loss scaler skipped the step (the scaled gradient overflowed; it halves the scale).
+    overflow: bool
+
+
+class NonfiniteGuard:
+    """Attached as engine.nonfinite_guard; train_step calls its `step()` in place of engine.step() at the
+    accumulation boundary, so the step knows nothing of stages. clip_max: ZeRO-0 fp32 only (see
+    manual_clipping), the norm clipforge clips to itself (inf: grad_clip=0, measured but not clipped);
+    None: DeepSpeed clips and checks, and its norm is read after the step."""
+
+    def __init__(self, engine, clip_max: Optional[float], fp16: bool):
+        self.engine, self.clip_max, self.fp16 = engine, clip_max, fp16
+
+    def _clip_or_drop(self) -> float:
+        params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clip_max)
+        if not all_finite(norm.detach()):
+            self.engine.zero_grad()  # grads None -> AdamW leaves every parameter (and its moments) untouched
+        return norm.item()
+
+    def step(self) -> GuardedStep:
+        norm = self._clip_or_drop() if self.clip_max is not None else None
+        self.engine.step()
+        if norm is None:
+            reported = self.engine.get_global_grad_norm()
+            norm = float(reported) if reported is not None else None
+        overflow = self.fp16 and not self.engine.was_step_applied()
+        return GuardedStep(grad_norm=None if overflow else norm, overflow=overflow)
+
+
+def nonfinite_guards(engine, cfg: RunConfig) -> NonfiniteGuard:
+    """Each stage's check that a non-finite gradient never reaches the weights -> the guard train_step calls."""
     ds = cfg.deepspeed
     if ds.zero_stage in (1, 2):
         # DeepSpeed checks gradients for inf/NaN (and then skips the step) only in fp16/bf16; turn the same
@@ -152,6 +188,8 @@ def nonfinite_guards(engine, cfg: RunConfig) -> None:
         engine.optimizer.check_grad_overflow = True
     if ds.zero_stage == 3 and ds.precision != "fp16":
         deepspeed_fixes.check_zero3_gradients_in_every_precision(engine.optimizer)
+    clip_max = (cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")) if manual_clipping(cfg) else None
+    return NonfiniteGuard(engine, clip_max, fp16=ds.precision == "fp16")
 
 
 def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_steps: int, run_dir: str = None):
@@ -162,5 +200,5 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
                               backend=torch.distributed.get_backend())                # 3
     write_deepspeed_json(config, run_dir, dist.rank)
     engine = initialize(model, optimizer, config, cfg, dist)                          # 4
-    nonfinite_guards(engine, cfg)                                                     # 5
+    engine.nonfinite_guard = nonfinite_guards(engine, cfg)                            # 5
     return engine, base_lrs

@@ -12,10 +12,8 @@ from typing import Optional
 import math
 
 import torch
-import torch.distributed as dist
 
-from pretrain.distributed import average_batchnorm_statistics
-from pretrain.engine import manual_clipping
+from pretrain.distributed import all_finite, average_batchnorm_statistics
 from pretrain.loss import per_micro_batch, splice_micro_batch
 
 
@@ -30,14 +28,6 @@ class StepResult:
     # 2^16), so it is counted apart and never toward train.max_nonfinite_steps; a gradient that stays
     # non-finite drives the scale to its minimum, where DeepSpeed itself stops the run.
     overflow: bool = False
-
-
-def _all_finite(value: torch.Tensor) -> bool:
-    """Every rank agrees (a rank that skips alone would deadlock the others' collectives)."""
-    flag = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=value.device)
-    if dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0.0
 
 
 def _rng_state(device: torch.device):
@@ -76,7 +66,7 @@ def _forward_backward(engine, loss_fn, images, text: TextInput, accum: int):
     if accum == 1:
         img, txt, scale, bias = text.forward(engine, images, text.rows)
         loss = loss_fn(img, txt, scale, bias, **ids)
-        if not _all_finite(loss.detach()):
+        if not all_finite(loss.detach()):
             return loss.detach(), False, scale.item()
         engine.backward(loss, scale_wrt_gas=False)
         return loss.detach(), True, scale.item()
@@ -91,7 +81,7 @@ def _forward_backward(engine, loss_fn, images, text: TextInput, accum: int):
             txt_cache.append(txt)
         after = _rng_state(engine.device)
         loss_value = loss_fn(torch.cat(img_cache), torch.cat(txt_cache), scale, bias, **ids)
-    if not _all_finite(loss_value):
+    if not all_finite(loss_value):
         return loss_value, False, scale.item()
     for j in range(accum):
         _set_rng_state(engine.device, states[j])
@@ -114,18 +104,9 @@ def train_step(engine, loss_fn, images, text, accum: int, cfg) -> StepResult:
     scale = min(scale, cfg.loss.max_logit_scale)  # the value the loss used (it caps the parameter's exp)
     if not ran:
         return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale)
-    grad_norm = None
-    if manual_clipping(cfg):
-        params = [p for p in engine.module.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-        grad_norm = norm.item()
-        if not _all_finite(norm.detach()):
-            engine.zero_grad()  # grads None -> AdamW leaves every parameter (and its moments) untouched
-    engine.step()
-    if grad_norm is None:
-        norm = engine.get_global_grad_norm()
-        grad_norm = float(norm) if norm is not None else None
-    if cfg.deepspeed.precision == "fp16" and not engine.was_step_applied():
+    stepped = engine.nonfinite_guard.step()  # pretrain/engine.py step 5: this stage's clipping and check
+    if stepped.overflow:
         return StepResult(loss=loss.item(), grad_norm=None, applied=False, logit_scale=scale, overflow=True)
+    grad_norm = stepped.grad_norm
     applied = engine.was_step_applied() and grad_norm is not None and math.isfinite(grad_norm)
     return StepResult(loss=loss.item(), grad_norm=grad_norm, applied=bool(applied), logit_scale=scale)
