@@ -88,7 +88,8 @@ def help_text(words: tuple) -> str:
 
 
 HELPS = [(), ("launch",), ("launch", "local"), ("launch", "slurm"), ("launch", "slurm", "convert"),
-         ("launch", "slurm", "eval"), ("pretrain",), ("eval",), ("convert",), ("verify",), ("export",), ("demo",)]
+         ("launch", "slurm", "eval"), ("pretrain",), ("eval",), ("convert",), ("verify",), ("curate",), ("export",),
+         ("demo",)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,6 +168,26 @@ def run_demo(root: Path) -> None:
         result = sh(command, root)
         check(result, DEMO, command)
         assert "clipforge demo results" in result.stdout, result.stdout[-2000:]
+    _curate_stand_ins(root, root / "runs" / "demo" / "shards-train")
+
+
+def _curate_stand_ins(root: Path, shards: Path) -> None:
+    """The precomputed files the curate examples name, for the demo's training shards: scores rising with the
+    sample index, embeddings where every 4th sample repeats the one before, a removal list of one sha256."""
+    if (root / "clip_scores.parquet").exists():
+        return
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from data_pipeline.shards import index_tar, open_shards
+    keys = [entry.key for shard in open_shards(str(shards)).shards for entry in index_tar(shard.path).samples]
+    pq.write_table(pa.table({"key": keys, "clip_score": np.linspace(0.1, 0.4, len(keys))}),
+                   root / "clip_scores.parquet")
+    vectors = np.random.default_rng(0).normal(size=(len(keys), 16)).astype(np.float32)
+    vectors[3::4] = vectors[2::4][:len(vectors[3::4])]
+    np.save(root / "image_embeddings.npy", vectors)
+    first = pq.read_table(shards / "shard-000000.parquet", columns=["sha256"]).column("sha256")[0].as_py()
+    (root / "removed_sha256.txt").write_text(first + "\n")
 
 
 def known_broken(example: str, broken: Dict[str, str], run: bool = True):

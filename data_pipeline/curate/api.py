@@ -52,7 +52,8 @@ def _manifest(options: CurateOptions, shard_set: ShardSet, shards: List[dict], f
         "image": source.get("image"),
         "txt_captions": source.get("txt_captions", "all"),
         "created_by": {"version": VERSION, "command": "curate", "config": options.content(),
-                       "input": {"path": os.path.abspath(options.source), "manifest_sha256": _manifest_sha256(options.source),
+                       "input": {"path": os.path.abspath(options.source),
+                                 "manifest_sha256": _manifest_sha256(options.source),
                                  "num_samples": len(fates.columns["key"])}},
     }
 

@@ -41,6 +41,12 @@ def fates(out) -> dict:
     return {row["key"]: (row["status"], row["filter"]) for row in rows}
 
 
+def reasons(out) -> dict:
+    """key -> error_message from curation.parquet."""
+    rows = pq.read_table(os.path.join(out, "curation.parquet")).to_pylist()
+    return {row["key"]: row["error_message"] for row in rows}
+
+
 def input_rows(shards) -> dict:
     """key -> the converter's parquet row (source, sha256, ...)."""
     rows = {}

@@ -35,7 +35,8 @@ def test_cli_output_verifies_and_streams(shards, tmp_path, capsys):
     assert "3 shards, 6 samples, 0 problem(s): OK" in capsys.readouterr().out
     manifest = json.loads(open(os.path.join(out, "manifest.json")).read())
     assert manifest["image"]["size"] == 32 and manifest["created_by"]["command"] == "curate"
-    assert manifest["created_by"]["config"]["min_words"] == 3 and len(manifest["created_by"]["input"]["manifest_sha256"]) == 64
+    created = manifest["created_by"]
+    assert created["config"]["min_words"] == 3 and len(created["input"]["manifest_sha256"]) == 64
     cfg = DataConfig(sources=[SourceConfig(path=out)], workers=0, shuffle_window=4)
     loader = build_train_loader(cfg, seed=0, global_batch_size=3, rank=0, world_size=1, image_size=16,
                                 tokenizer=lambda captions: torch.zeros(len(captions), 4, dtype=torch.long))

@@ -12,7 +12,7 @@ from data_pipeline.verify import verify
 
 from .conftest import write_dataset
 from .convert_inputs import read_shards
-from .curate_inputs import KEYS, converted, fates, input_rows
+from .curate_inputs import KEYS, converted, fates, input_rows, reasons
 
 KEPT = ("success", None)
 
@@ -32,11 +32,11 @@ def test_datacomp_basic_filters(shards, tmp_path):
     assert manifest["counts"] == {"success": 4, "filtered": 4} and manifest["input_items"] == 8
     assert manifest["removed_by"] == {"max_aspect_ratio": 1, "min_image_size": 1, "min_words": 2}
     assert [(s["name"], s["samples"]) for s in manifest["shards"]] == [("shard-000000.tar", 3), ("shard-000001.tar", 1)]
-    reasons = {row["key"]: row["error_message"] for row in pq.read_table(os.path.join(out, "curation.parquet")).to_pylist()}
+    why = reasons(out)
     # the ORIGINAL 20x20 is measured, not the stored 32x32
-    assert reasons[KEYS[2]] == "20x20: shorter side 20 < --min-image-size 32"
-    assert reasons[KEYS[1]] == "longest caption has 1 words < --min-words 3"
-    assert reasons[KEYS[3]] == "200x40: aspect ratio 5 > --max-aspect-ratio 3"
+    assert why[KEYS[2]] == "20x20: shorter side 20 < --min-image-size 32"
+    assert why[KEYS[1]] == "longest caption has 1 words < --min-words 3"
+    assert why[KEYS[3]] == "200x40: aspect ratio 5 > --max-aspect-ratio 3"
     _, total, problems = verify(out, progress=False)
     assert problems == [] and total == 4
 
@@ -87,12 +87,12 @@ def test_remove_list_matches_key_source_and_sha256s(shards, tmp_path):
     manifest = curate(shards, out, remove_list=listed, progress=False)
     assert [k for k, fate in fates(out).items() if fate == KEPT] == [KEYS[1], KEYS[3]]
     assert manifest["removed_by"] == {"remove_list": 6}
-    reasons = {row["key"]: row["error_message"] for row in pq.read_table(os.path.join(out, "curation.parquet")).to_pylist()}
-    assert reasons[KEYS[4]] == f"its sha256 of the source bytes is in --remove-list {listed}"
-    assert reasons[KEYS[5]].startswith("its key is")
-    assert reasons[KEYS[6]].startswith("its sha256 of the image bytes is")
-    assert reasons[KEYS[7]].startswith("its sha256 of the url is")
-    assert reasons[KEYS[2]].startswith("its source is")
+    why = reasons(out)
+    assert why[KEYS[4]] == f"its sha256 of the source bytes is in --remove-list {listed}"
+    assert why[KEYS[5]].startswith("its key is")
+    assert why[KEYS[6]].startswith("its sha256 of the image bytes is")
+    assert why[KEYS[7]].startswith("its sha256 of the url is")
+    assert why[KEYS[2]].startswith("its source is")
 
 
 def test_keep_list_then_other_filters(shards, tmp_path):

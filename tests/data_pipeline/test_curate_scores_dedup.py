@@ -54,9 +54,10 @@ def test_min_score_and_top_fraction_together(shards, tmp_path):
 
 def test_bad_score_files_are_refused_naming_the_file(shards, tmp_path):
     cases = [
-        (_scores(tmp_path / "a.parquet", KEYS[:7], [0.5] * 7), "no row for 1 of the 8 input samples (e.g. key 000000007)"),
+        (_scores(tmp_path / "a.parquet", KEYS[:7], [0.5] * 7), "no row for 1 of the 8 input samples (e.g. key "
+                                                              "000000007)"),
         (_scores(tmp_path / "b.parquet", KEYS, [0.5] * 7 + [float("nan")]), "not finite for 1 samples"),
-        (_scores(tmp_path / "c.parquet", KEYS, [0.5] * 8, column="score"), "no column 'clip_score' (it has key, score)"),
+        (_scores(tmp_path / "c.parquet", KEYS, [0.5] * 8, "score"), "no column 'clip_score' (it has key, score)"),
         (_scores(tmp_path / "d.parquet", KEYS + [KEYS[0]], [0.5] * 9), f"key {KEYS[0]} has two rows"),
     ]
     (tmp_path / "e.parquet").write_text("not a parquet")
