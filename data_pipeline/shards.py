@@ -7,6 +7,12 @@
     for s in ds.iter_samples(shards=[0, 3]):   # {key, image_bytes, image_ext, captions, meta, shard}
         ...
 
+Caption sources: KEY.txt is the primary source (the captions eval reads). A sample may carry more, one
+member each, KEY.NAME.txt (e.g. KEY.synthetic.txt recaptions), written by `clipforge convert --caption-col
+primary --caption-col NAME`; the source is called by its member extension ("txt", "synthetic.txt") and the
+manifest lists the dataset's in "caption_sources". The train loader picks one per visit by
+data.caption_weights (data_pipeline/stream/caption_sources.py).
+
 Every path is checked when the dataset is opened, before any work: a missing or unreadable
 shard raises ShardError naming it. Samples are read by scanning tar headers (no index file is
 required from the converter); `index_tar` gives the byte offsets of every member, which the
@@ -15,6 +21,7 @@ file-system paths.
 """
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -24,6 +31,7 @@ from braceexpand import braceexpand
 from clipforge_base.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+PRIMARY_CAPTIONS = "txt"  # KEY.txt: the caption source eval and every reader without caption weights use
 
 
 class ShardError(UserError, ValueError):
@@ -33,6 +41,20 @@ class ShardError(UserError, ValueError):
 def shard_name(index: int) -> str:
     """The converter's name of shard `index`, without extension: shard-000000 (.tar, .parquet, _stats.json)."""
     return f"shard-{index:06d}"
+
+
+def caption_source_name(column: str) -> str:
+    """A caption column -> its member extension: "Synthetic Caption" -> "synthetic_caption.txt" (lower case,
+    runs of anything but a-z, 0-9, -, _ made one "_": no dots, so the key/extension split stays unambiguous);
+    "" when nothing is left."""
+    stem = re.sub(r"[^a-z0-9_-]+", "_", column.lower()).strip("_-")
+    return f"{stem}.{PRIMARY_CAPTIONS}" if stem else ""
+
+
+def caption_sources(manifest: Optional[dict]) -> List[str]:
+    """The caption sources a manifest lists (primary first); ["txt"] for manifests from before the field."""
+    listed = (manifest or {}).get("caption_sources")
+    return [str(name) for name in listed] if isinstance(listed, list) else [PRIMARY_CAPTIONS]
 
 
 def shard_parquet_name(tar_name: str) -> str:

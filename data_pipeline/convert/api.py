@@ -147,7 +147,8 @@ def convert(inputs: List[str], out_dir: str, **options) -> Dict:
         while unseeded and unseeded[0] < index:
             dedup.seed(out_dir, unseeded.pop(0))
         dedup.apply(results)
-        write_shard(out_dir, index, results, extension, options.keep_cols, options.one_caption_per_txt)
+        write_shard(out_dir, index, results, extension, options.keep_cols, options.one_caption_per_txt,
+                    list(options.extra_caption_sources()))
 
     try:
         if options.workers == 1 or not todo:

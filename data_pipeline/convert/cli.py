@@ -67,8 +67,8 @@ def parser() -> argparse.ArgumentParser:
     for flag, dest in PEER_FLAGS.items():
         values = PEER_VALUES.get(dest, {})
         choices = types[dest].choices and tuple(types[dest].choices) + tuple(values)
-        p.add_argument(flag, dest=dest, type=types[dest].type, choices=choices, default=argparse.SUPPRESS,
-                       help=argparse.SUPPRESS)
+        p.add_argument(flag, dest=dest, action=type(types[dest]), type=types[dest].type, choices=choices,
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # action: --caption_col repeats too
     return p
 
 

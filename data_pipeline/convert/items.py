@@ -9,6 +9,8 @@ class Item:
     source: str
     # Raw captions as read (cleaned later, so a bad caption is recorded, not lost while reading).
     captions: List[str] = field(default_factory=list)
+    # Further caption sources (--caption-col after the first): member extension -> raw captions, cleaned later.
+    caption_sources: Dict[str, List[str]] = field(default_factory=dict)
     # Columns the user asked to keep (--keep-cols), copied into KEY.json and the parquet.
     extra: Dict[str, object] = field(default_factory=dict)
     # (status, message) set by readers when the item is known bad before any image work (e.g. a broken sidecar).

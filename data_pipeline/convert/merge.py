@@ -8,7 +8,7 @@ from collections import Counter
 from typing import List
 
 from clipforge_base.atomic import write_atomic
-from data_pipeline.shards import shard_name
+from data_pipeline.shards import PRIMARY_CAPTIONS, caption_source_name, shard_name
 from .options import ConvertError
 from .plan import load_plan
 from .shard_writer import read_stats
@@ -22,6 +22,12 @@ def missing_shards(out_dir: str, num_shards: int) -> List[int]:
 
 def _write_json(path: str, value) -> None:
     write_atomic(path, json.dumps(value, indent=1, ensure_ascii=False))
+
+
+def _extra_columns(options: dict) -> List[str]:
+    """The further --caption-col columns of a plan (a plan from before the flag was repeatable holds a string)."""
+    columns = options.get("caption_col")
+    return columns[1:] if isinstance(columns, list) else []
 
 
 def merge(out_dir: str) -> dict:
@@ -48,6 +54,8 @@ def merge(out_dir: str) -> dict:
                   "encode_format": options["encode_format"], "quality": options["quality"]},
         # "first": KEY.txt holds one caption (open_clip's trainer joins lines), KEY.json "captions" all of them.
         "txt_captions": "first" if options.get("one_caption_per_txt") else "all",
+        # KEY.txt (the primary) and the member extension of every further --caption-col (data_pipeline/shards.py)
+        "caption_sources": [PRIMARY_CAPTIONS] + [caption_source_name(column) for column in _extra_columns(options)],
         "created_by": {"version": VERSION, "config": options},
     }
     if sum(counts.values()) != plan["num_items"]:

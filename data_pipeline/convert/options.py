@@ -1,9 +1,10 @@
 """Options of one conversion: what changes the output (recorded in the plan and manifest) and how it runs."""
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from clipforge_base.dataclass_cli import option
 from clipforge_base.errors import UserError
+from data_pipeline.shards import caption_source_name
 
 FORMATS = ("auto", "folder", "csv", "tsv", "parquet", "jsonl", "coco", "flickr", "urls")
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "none")
@@ -28,7 +29,11 @@ class ConvertOptions:
                                metavar="INPUT")
     fmt: str = option("auto", "input format", "--format", choices=FORMATS)
     image_col: Optional[str] = option(None, "table column with the image path or URL (default: guessed)")
-    caption_col: Optional[str] = option(None, "table column with the caption (default: guessed)")
+    # Caption sources (data_pipeline/shards.py): the first column is the primary (KEY.txt, KEY.json's captions);
+    # each further column C adds the member KEY.C.txt (C sanitised: caption_source_name), e.g. recaptions.
+    caption_col: List[str] = option([], "table column with the captions (default: guessed); repeat it for more "
+                                    "caption sources: each further column C is written as KEY.C.txt",
+                                    action="append", metavar="COLUMN")
     keep_cols: List[str] = option([], "comma-separated columns copied into KEY.json and the parquet", type=_columns)
     # Folder/COCO/Flickr json: where the image files are (default: the folder of the input).
     image_root: Optional[str] = option(None, "folder the image paths are relative to (default: the input's folder)")
@@ -81,6 +86,14 @@ class ConvertOptions:
                     "max_pixels", "dedup", "samples_per_shard", "one_caption_per_txt", "disallow_optout",
                     "respect_robots")
 
+    def __post_init__(self):
+        if isinstance(self.caption_col, str):  # the Python API also takes one column as a plain string
+            self.caption_col = [self.caption_col]
+
+    def extra_caption_sources(self) -> Dict[str, str]:
+        """Member extension -> column of every caption column after the first (validate() checks them)."""
+        return {caption_source_name(column): column for column in self.caption_col[1:]}
+
     def content(self) -> dict:
         """The options that decide the output: written to the plan and the manifest's created_by.config."""
         full = asdict(self)
@@ -112,3 +125,26 @@ class ConvertOptions:
         for ok, message in checks:
             if not ok:
                 raise ConvertError(message)
+        self._check_caption_sources()
+
+    def _check_caption_sources(self) -> None:
+        """Each further --caption-col needs a member name of its own, and a parquet column that is free."""
+        names: Dict[str, str] = {}
+        for column in self.caption_col[1:]:
+            name = caption_source_name(column)
+            if not name:
+                raise ConvertError(f"--caption-col {column!r}: no letter or digit to name its KEY.NAME.txt member; "
+                                   "rename the column")
+            if name in names or column == self.caption_col[0]:
+                other = names.get(name, column)
+                raise ConvertError(f"--caption-col {column!r} and {other!r} would both be written as KEY.{name}: "
+                                   "give each caption source once, with distinct names")
+            if parquet_caption_column(name) in self.keep_cols:
+                raise ConvertError(f"--keep-cols {parquet_caption_column(name)!r} collides with the parquet column "
+                                   f"of --caption-col {column!r}; keep it under another name")
+            names[name] = column
+
+
+def parquet_caption_column(source: str) -> str:
+    """The parquet column of an extra caption source: "synthetic.txt" -> "caption_synthetic"."""
+    return "caption_" + source[:-len(".txt")]

@@ -16,8 +16,10 @@ def input_digest(items: List[Item]) -> str:
     """Changes when any source, caption or kept value changes: a resume over other input must not mix shards."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(json.dumps([item.source, item.captions, item.extra, item.error], default=str,
-                                 ensure_ascii=False).encode("utf-8", "surrogateescape"))
+        # Extra caption sources only when present: plans written before they existed keep their digest.
+        fields = [item.source, item.captions, item.extra, item.error]
+        fields += [item.caption_sources] if item.caption_sources else []
+        digest.update(json.dumps(fields, default=str, ensure_ascii=False).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 

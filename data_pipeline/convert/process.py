@@ -1,7 +1,7 @@
 """Per-shard work (runs in worker processes): captions, fetch, image processing -> one result per input item."""
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .captions import clean_captions
 from .fetch import fetch
@@ -10,12 +10,30 @@ from .items import Item
 from .options import ConvertOptions
 
 
+def _visible(text: str) -> str:
+    """Raw caption text for the parquet: non-UTF-8 bytes shown as \\udcXX escapes, never lost."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def clean_sources(sources: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """Further caption sources, cleaned as the primary is. A source left empty is omitted (that sample has no
+    KEY.NAME.txt: the loader falls back to KEY.txt and counts it); bytes that are not UTF-8 reject the item."""
+    cleaned = {}
+    for name, raw in sources.items():
+        captions, status, message = clean_captions(raw)
+        if status == "invalid_caption":
+            raise ItemError(status, "invalid caption", f"{name} source: {message}")
+        if captions:
+            cleaned[name] = captions
+    return cleaned
+
+
 def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
     result = {"key": key, "source": item.source, "captions": [], "status": "success", "reason": "",
               "error_message": "", "width": None, "height": None, "original_width": None,
-              "original_height": None, "sha256": None, "data": None, "extra": item.extra,
-              # Raw captions for the parquet (non-UTF-8 bytes shown as \udcXX escapes, never lost).
-              "raw_caption": "\n".join(item.captions).encode("utf-8", "backslashreplace").decode("utf-8")}
+              "original_height": None, "sha256": None, "data": None, "extra": item.extra, "caption_sources": {},
+              "raw_caption_sources": {name: _visible("\n".join(raw)) for name, raw in item.caption_sources.items()},
+              "raw_caption": _visible("\n".join(item.captions))}
     try:
         if item.error:
             raise ItemError(item.error[0], item.error[1].split(":")[0], item.error[1])
@@ -23,6 +41,7 @@ def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
         if status:
             raise ItemError(status, status.replace("_", " "), message)
         result["captions"] = captions
+        result["caption_sources"] = clean_sources(item.caption_sources)
         data = fetch(item.source, options)
         result["sha256"] = hashlib.sha256(data).hexdigest()
         processed = process_image(data, options)

@@ -1,4 +1,5 @@
-"""Write one shard: KEY.jpg/KEY.txt/KEY.json adjacent in a tar, a parquet row per input item, a stats json.
+"""Write one shard: KEY.jpg/KEY.txt[/KEY.NAME.txt...]/KEY.json adjacent in a tar, a parquet row per input item,
+a stats json.
 
 Byte-identical across runs: members carry a fixed mtime/uid/gid/mode and no user names. Every file goes to a hidden
 temporary name first and is renamed into place; the stats json is renamed LAST and marks the shard complete.
@@ -9,13 +10,14 @@ import json
 import os
 import tarfile
 from collections import Counter
-from typing import List
+from typing import List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge_base.atomic import leftover_temporaries, write_atomic
 from data_pipeline.shards import shard_name
+from .options import parquet_caption_column
 
 # 2000-01-01 UTC: a fixed, plausible timestamp (0 confuses some tar tools).
 MEMBER_MTIME = 946684800
@@ -53,6 +55,8 @@ def _tar_bytes(results: List[dict], extension: str, one_caption_per_txt: bool) -
             # KEY.json always lists every caption; KEY.txt all of them, or only the first for open_clip's trainer.
             captions = result["captions"][:1] if one_caption_per_txt else result["captions"]
             _member(tar, f"{result['key']}.txt", "\n".join(captions).encode("utf-8"))
+            for name, lines in result["caption_sources"].items():  # further sources: KEY.NAME.txt, every line
+                _member(tar, f"{result['key']}.{name}", "\n".join(lines).encode("utf-8"))
             _member(tar, f"{result['key']}.json", sample_json(result))
     return buffer.getvalue()
 
@@ -64,7 +68,14 @@ def _column(values: list) -> pa.Array:
         return pa.array([None if value is None else str(value) for value in values], pa.string())
 
 
-def _parquet_bytes(results: List[dict], keep_cols: List[str]) -> bytes:
+def _source_captions(result: dict, source: str) -> Optional[str]:
+    """An extra caption source's parquet cell: its cleaned lines, else (item rejected) the raw text, else None."""
+    if source in result["caption_sources"]:
+        return "\n".join(result["caption_sources"][source])
+    return result["raw_caption_sources"].get(source) if result["status"] != "success" else None
+
+
+def _parquet_bytes(results: List[dict], keep_cols: List[str], caption_sources: Sequence[str]) -> bytes:
     columns = {name: [] for name in PARQUET_COLUMNS}
     for result in results:
         row = dict(result, url=result["source"],
@@ -73,6 +84,8 @@ def _parquet_bytes(results: List[dict], keep_cols: List[str]) -> bytes:
             columns[name].append(row[name])
     types = {"width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(), "original_height": pa.int32()}
     arrays = {name: pa.array(values, types.get(name, pa.string())) for name, values in columns.items()}
+    for source in caption_sources:
+        arrays[parquet_caption_column(source)] = pa.array([_source_captions(r, source) for r in results], pa.string())
     for name in keep_cols:
         arrays[name] = _column([result["extra"].get(name) for result in results])
     buffer = io.BytesIO()
@@ -81,10 +94,11 @@ def _parquet_bytes(results: List[dict], keep_cols: List[str]) -> bytes:
 
 
 def write_shard(out_dir: str, index: int, results: List[dict], extension: str, keep_cols: List[str],
-                one_caption_per_txt: bool = False) -> dict:
+                one_caption_per_txt: bool = False, caption_sources: Sequence[str] = ()) -> dict:
+    """caption_sources: the extensions of the further caption sources (every shard's parquet has their columns)."""
     name = shard_name(index)
     tar_data = _tar_bytes(results, extension, one_caption_per_txt)
-    write_atomic(os.path.join(out_dir, name + ".parquet"), _parquet_bytes(results, keep_cols))
+    write_atomic(os.path.join(out_dir, name + ".parquet"), _parquet_bytes(results, keep_cols, caption_sources))
     write_atomic(os.path.join(out_dir, name + ".tar"), tar_data)
     counts = Counter(result["status"] for result in results)
     errors = Counter(f"{result['status']}: {result['reason']}" for result in results if result["status"] != "success")

@@ -36,6 +36,13 @@ def detect_format(path: str) -> Tuple[str, str]:
                        "pass --format csv|tsv|parquet|jsonl|coco|flickr|urls|folder")
 
 
+def _no_caption_columns(path: str, fmt: str, options: ConvertOptions) -> None:
+    """Further caption sources come from table columns: refused, not ignored, for inputs that have none."""
+    if len(options.caption_col) > 1:
+        raise ConvertError(f"{path}: a {fmt} input has no caption columns for the further --caption-col "
+                           f"{', '.join(options.caption_col[1:])}; extra caption sources need a table input")
+
+
 def read_one(path: str, fmt: str, options: ConvertOptions) -> Tuple[List[Item], str]:
     """-> (items, note on how they were grouped)."""
     if fmt == "folder":
@@ -45,11 +52,11 @@ def read_one(path: str, fmt: str, options: ConvertOptions) -> Tuple[List[Item], 
         if table:
             table_fmt = EXTENSIONS[os.path.splitext(table)[1]]
             return read_table(table, table_fmt, options, base_dir=options.image_root or path)
+        _no_caption_columns(path, fmt, options)
         items = read_folder(path, options)
-    elif fmt == "coco":
-        items = read_coco(path, options)
-    elif fmt == "flickr":
-        items = read_flickr(path, options)
+    elif fmt in ("coco", "flickr"):
+        _no_caption_columns(path, fmt, options)
+        items = (read_coco if fmt == "coco" else read_flickr)(path, options)
     else:
         return read_table(path, fmt, options)
     return items, f"{len(items)} images, {captions_per_item(items)}"

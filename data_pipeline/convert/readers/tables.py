@@ -92,10 +92,13 @@ def read_table(path: str, fmt: str, options: ConvertOptions,
         raise ConvertError(f"{path}: no such file")
     columns, rows = _read_rows(path, fmt)
     image_col = _pick(columns, options.image_col, IMAGE_COLUMNS, "--image-col", path)
-    caption_col = _pick(columns, options.caption_col, CAPTION_COLUMNS, "--caption-col", path)
-    missing = [column for column in options.keep_cols if column not in columns]
-    if missing:
-        raise ConvertError(f"{path}: no column {missing[0]!r} for --keep-cols (columns: {', '.join(columns)})")
+    given_caption = options.caption_col[0] if options.caption_col else None
+    caption_col = _pick(columns, given_caption, CAPTION_COLUMNS, "--caption-col", path)
+    sources = options.extra_caption_sources()
+    for flag, wanted in (("--caption-col", list(sources.values())), ("--keep-cols", options.keep_cols)):
+        missing = [column for column in wanted if column not in columns]
+        if missing:
+            raise ConvertError(f"{path}: no column {missing[0]!r} for {flag} (columns: {', '.join(columns)})")
     base_dir = base_dir or options.image_root or os.path.dirname(os.path.abspath(path))
     items: Dict[str, Item] = {}
     for row in rows:
@@ -110,8 +113,10 @@ def read_table(path: str, fmt: str, options: ConvertOptions,
             # An empty image cell is its own item each time: never merge unrelated bad rows.
             items[value if value else f"\0{len(items)}"] = item
         item.captions.extend(_captions_of(row.get(caption_col)))
+        for name, column in sources.items():
+            item.caption_sources.setdefault(name, []).extend(_captions_of(row.get(column)))
     guessed = [f"{flag} {column!r}" for flag, column, given in
-               (("--image-col", image_col, options.image_col), ("--caption-col", caption_col, options.caption_col))
+               (("--image-col", image_col, options.image_col), ("--caption-col", caption_col, given_caption))
                if given is None]
     note = f"{len(rows)} rows -> {len(items)} images, {captions_per_item(list(items.values()))}"
     return list(items.values()), note + (f"; guessed columns {', '.join(guessed)}" if guessed else "")
