@@ -30,6 +30,11 @@ def _fate(sample: Sample, index: int, filters: List[Filter], pool: Dict[int, Fat
     return dedup.check(index) if dedup else None
 
 
+# What curate recomputes; every other field of the input's manifest describes the samples' content (image settings,
+# caption layout: txt_captions, caption_sources, ...), which curate copies unchanged, so the field carries over.
+RECOMPUTED = ("format", "version", "num_samples", "input_items", "shards", "counts", "removed_by", "created_by")
+
+
 def _manifest_sha256(source: str) -> Optional[str]:
     """Which version of the input this was curated from (None for tars without a manifest)."""
     path = os.path.join(dataset_root(source), "manifest.json")
@@ -49,8 +54,7 @@ def _manifest(options: CurateOptions, shard_set: ShardSet, shards: List[dict], f
         "shards": shards,
         "counts": dict(sorted(statuses.items())),
         "removed_by": dict(sorted(filters.items())),
-        "image": source.get("image"),
-        "txt_captions": source.get("txt_captions", "all"),
+        **{name: value for name, value in source.items() if name not in RECOMPUTED},
         "created_by": {"version": VERSION, "command": "curate", "config": options.content(),
                        "input": {"path": os.path.abspath(options.source),
                                  "manifest_sha256": _manifest_sha256(options.source),

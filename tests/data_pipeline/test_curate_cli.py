@@ -3,6 +3,7 @@ the CLI's exit codes and one-line errors; `python -m data_pipeline.curate`."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,3 +87,17 @@ def test_flags_default_to_the_dataclass():
     args = parser().parse_args(["in/", "--out", "o/"])
     assert {f.name: getattr(args, f.name) for f in dataclasses.fields(CurateOptions)} == \
         dataclasses.asdict(CurateOptions(source="in/", out="o/"))
+
+
+def test_the_input_manifests_content_fields_carry_over(shards, tmp_path):
+    """Fields that describe the samples (image settings, caption layout) stay true of copied samples."""
+    source = tmp_path / "in"
+    shutil.copytree(shards, source)
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest.update(txt_captions="first", caption_sources=["txt", "synthetic.txt"], removed_by={"earlier": 1})
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    assert main([str(source), "--out", str(tmp_path / "out"), "--min-words", "3", "--no-progress"]) == 0
+    curated = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert curated["txt_captions"] == "first" and curated["caption_sources"] == ["txt", "synthetic.txt"]
+    assert curated["image"] == manifest["image"] and curated["removed_by"] == {"min_words": 2}
+    assert curated["created_by"]["command"] == "curate" and curated["counts"] == {"filtered": 2, "success": 6}
