@@ -3,8 +3,9 @@
 Greedy in input order: a sample that passed every other filter is removed when its cosine similarity to a sample
 already KEPT is at least the threshold, else it is kept. So the first sample of each near-duplicate group is
 kept, every removed sample names a kept one (its reason), and the result depends on nothing but the input order.
-Exact, O(samples x kept x dim) with numpy (float32 dot products, compared with 1e-6 of slack so that copies
-reach a threshold of 1.0); SemDeDup's k-means clustering, which makes this sub-quadratic, is not done here.
+Exact, O(samples x kept x dim): samples are decided in blocks, each compared with the samples kept before it in one
+float32 matrix product (compared with 1e-6 of slack so that copies reach a threshold of 1.0), then in order within
+the block. SemDeDup's k-means clustering, which makes this sub-quadratic, is not done here.
 """
 from typing import List, Optional
 
@@ -60,16 +61,36 @@ class NearDuplicates:
         self.kept = np.empty_like(vectors)  # rows 0..count-1: the kept samples' vectors, in order
         self.kept_index: List[int] = []
 
-    def check(self, index: int) -> Optional[Fate]:
-        """Called in input order for each sample the other filters kept: its Fate, or None (then it is kept)."""
-        vector, count = self.vectors[index], len(self.kept_index)
-        if count:
-            similarities = self.kept[:count] @ vector
-            nearest = int(np.argmax(similarities))
-            if similarities[nearest] >= self.threshold - SLACK:
-                twin = self.keys[self.kept_index[nearest]]
-                return Fate("duplicate", "dedup", f"near-duplicate of kept sample {twin} (cosine "
-                            f"{similarities[nearest]:.4f} >= --dedup-threshold {self.threshold:g})")
-        self.kept[count] = vector
-        self.kept_index.append(index)
-        return None
+    def _nearest_kept(self, block: np.ndarray):
+        """(similarity, input index) of each block row's most similar sample kept before the block."""
+        count = len(self.kept_index)
+        if not count:
+            return np.full(len(block), -np.inf, np.float32), np.zeros(len(block), np.int64)
+        similarities = block @ self.kept[:count].T  # one matrix product: the cost of the whole method
+        nearest = np.argmax(similarities, axis=1)
+        return similarities[np.arange(len(block)), nearest], np.asarray(self.kept_index)[nearest]
+
+    def check_block(self, indices: List[int]) -> List[Optional[Fate]]:
+        """The fates of consecutive samples the other filters kept (input indices, in order): each is compared
+        with every sample kept before it, those kept earlier in this block included; None = kept."""
+        block = self.vectors[indices]
+        best, twin = self._nearest_kept(block)
+        within = block @ block.T
+        fates: List[Optional[Fate]] = []
+        kept_here: List[int] = []  # positions in the block
+        for position, index in enumerate(indices):
+            similarity, nearest = best[position], twin[position]
+            if kept_here:
+                closest = int(np.argmax(within[position, kept_here]))
+                if within[position, kept_here[closest]] > similarity:
+                    similarity, nearest = within[position, kept_here[closest]], indices[kept_here[closest]]
+            if similarity >= self.threshold - SLACK:
+                fates.append(Fate("duplicate", "dedup", f"near-duplicate of kept sample {self.keys[nearest]} (cosine "
+                                  f"{similarity:.4f} >= --dedup-threshold {self.threshold:g})"))
+                continue
+            fates.append(None)
+            kept_here.append(position)
+        count = len(self.kept_index)
+        self.kept[count:count + len(kept_here)] = block[kept_here]
+        self.kept_index += [indices[position] for position in kept_here]
+        return fates

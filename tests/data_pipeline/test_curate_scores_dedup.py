@@ -8,6 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.curate import CurateError, curate
+from data_pipeline.curate import api
+from data_pipeline.curate.dedup import NearDuplicates
 
 from .curate_inputs import KEYS, converted, fates
 
@@ -79,7 +81,9 @@ def _vectors():
     return vectors
 
 
-def test_near_duplicates_keep_the_first_and_compare_with_kept_samples_only(shards, tmp_path):
+@pytest.mark.parametrize("window", [512, 3])  # 3: samples 0..2, 3..5, 6..7 decided apart, same answer
+def test_near_duplicates_keep_the_first_and_compare_with_kept_samples_only(shards, tmp_path, monkeypatch, window):
+    monkeypatch.setattr(api, "WINDOW", window)
     vectors = _vectors()
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     assert unit[3] @ unit[0] > 0.95 and unit[5] @ unit[3] > 0.95 and unit[5] @ unit[0] < 0.95
@@ -129,3 +133,22 @@ def test_bad_embedding_files_are_refused(shards, tmp_path):
         with pytest.raises(CurateError, match=message):
             curate(shards, str(tmp_path / "out"), embeddings=str(tmp_path / name), dedup_threshold=0.9,
                    progress=False)
+
+
+@pytest.mark.parametrize("block", [1, 7, 300])
+def test_planted_groups_keep_exactly_their_first_member_across_block_boundaries(block):
+    """60 random directions in 32-d (pairwise cosine < 0.8), each repeated 1-6 times with noise (cosine > 0.97 to
+    its own direction), shuffled: at threshold 0.9 exactly the first member of each group is kept."""
+    rng = np.random.default_rng(5)
+    directions = rng.normal(size=(60, 32))
+    group = rng.permutation(np.repeat(np.arange(60), rng.integers(1, 7, 60)))
+    vectors = directions[group] + 0.04 * rng.normal(size=(len(group), 32))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    keys = [f"k{i}" for i in range(len(group))]
+    dedup = NearDuplicates(unit.astype(np.float32), keys, 0.9)
+    fates = [fate for start in range(0, len(group), block)
+             for fate in dedup.check_block(list(range(start, min(start + block, len(group)))))]
+    first = {g: int(np.flatnonzero(group == g)[0]) for g in range(60)}
+    assert [i for i, fate in enumerate(fates) if fate is None] == sorted(first.values())
+    for i, fate in enumerate(fates):
+        assert fate is None or fate.reason.startswith(f"near-duplicate of kept sample k{first[group[i]]} ")
