@@ -64,6 +64,15 @@ class OptimConfig:
     lr_image: Optional[float] = None
     lr_text: Optional[float] = None
     weight_decay: float = 0.2
+    # Per-tower weight decay; None = optim.weight_decay (pretrain/param_groups.py).
+    weight_decay_image: Optional[float] = None
+    weight_decay_text: Optional[float] = None
+    # Layer-wise lr decay (EVA-CLIP): a parameter of layer id i in a tower of L blocks (stem 0, block k -> k + 1,
+    # head L + 1) trains at lr x decay ** (L + 1 - i); in (0, 1], e.g. 0.75. None = off. The per-tower keys
+    # override the shared one for their tower.
+    layer_decay: Optional[float] = None
+    layer_decay_image: Optional[float] = None
+    layer_decay_text: Optional[float] = None
     # Embeddings (token, positional, attention-pool) are not decayed by default; true decays them as
     # open_clip_train does (its rule leaves out only ndim < 2, bn, ln, bias and logit_scale parameters).
     decay_embeddings: bool = False

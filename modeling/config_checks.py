@@ -25,6 +25,19 @@ def _choice(key: str, value, allowed: Sequence) -> None:
         raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
 
 
+def _check_optim_ranges(optim) -> None:
+    """Layer-wise lr decay in (0, 1] (1 = every layer at the tower's lr); weight decays >= 0."""
+    for key in ("layer_decay", "layer_decay_image", "layer_decay_text"):
+        value = getattr(optim, key)
+        if value is not None and not 0 < value <= 1:
+            raise ConfigError(f"optim.{key}={value}: must be in (0, 1], e.g. 0.75, or null (off)")
+    for key in ("weight_decay", "weight_decay_image", "weight_decay_text"):
+        value = getattr(optim, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"optim.{key}={value}: must be >= 0" + ("" if key == "weight_decay" else
+                                                                       " or null (= optim.weight_decay)"))
+
+
 def validate(cfg) -> None:
     """cfg: a RunConfig. Choice keys, ranges and cross-field checks; every message names the key(s) and the fix."""
     try:
@@ -64,6 +77,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"train.global_batch_size={cfg.train.global_batch_size}: must be >= 1")
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size < 1:
         raise ConfigError(f"train.micro_batch_size={cfg.train.micro_batch_size}: must be >= 1 or null")
+    _check_optim_ranges(cfg.optim)
     if cfg.optim.grad_clip < 0:
         raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip}: must be >= 0 (0 = off)")
     if not 0 <= cfg.model.patch_dropout < 1:

@@ -2,7 +2,8 @@
 applies them as small named steps, always in this order:
 
     1. activation_checkpointing   model.grad_checkpointing: activations recomputed in backward
-    2. optimizer_for              parameter groups (weight decay, per-tower lr, frozen towers left out) + AdamW
+    2. optimizer_for              parameter groups (pretrain/param_groups.py: per-tower lr and weight decay,
+                                  layer-wise lr decay, frozen parameters left out) + AdamW
     3. deepspeed_config           precision, ZeRO stage + offload + buckets, gradient clipping (RUN/deepspeed.json)
     4. initialize                 deepspeed.initialize (ZeRO-3 fp32: the master copy is the partition)
     5. nonfinite_guards           each stage's clipping and check that a non-finite gradient never reaches the
@@ -17,6 +18,7 @@ the corrections of DeepSpeed internals are pretrain.deepspeed_fixes (version-che
 import contextlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,6 +28,7 @@ from clipforge_base.atomic import write_atomic
 from modeling.config import RunConfig
 from pretrain import deepspeed_fixes
 from pretrain.distributed import DistInfo, all_finite
+from pretrain.param_groups import group_table, param_groups
 
 
 def manual_clipping(cfg: RunConfig) -> bool:
@@ -85,45 +88,17 @@ def deepspeed_config(cfg: RunConfig, world_size: int, accum_steps: int, num_para
     return config
 
 
-def _tower(name: str) -> str:
-    if name.startswith("clip.visual."):
-        return "image"
-    if name.startswith("clip.logit_"):
-        return "temperature"
-    return "text"  # clip.text.* (custom text) or CLIP's top-level text parameters
-
-
-def _no_decay(name: str, param: torch.nn.Parameter, decay_embeddings: bool) -> bool:
-    # Biases, norms (1-d) and logit_scale/bias (0-d) are never decayed; embeddings unless optim.decay_embeddings
-    # (open_clip_train decays them: a 2-d token table is a matrix to its ndim rule).
-    embedding = "embedding" in name and not decay_embeddings
-    return param.ndim < 2 or embedding or "logit_" in name or ".ln_" in name or "norm" in name
-
-
-def param_groups(model: torch.nn.Module, cfg: RunConfig):
-    """-> (groups for the optimizer, base lr of each group). Frozen parameters are left out."""
-    lrs = {"image": cfg.optim.lr_image or cfg.optim.lr, "text": cfg.optim.lr_text or cfg.optim.lr,
-           "temperature": cfg.optim.lr}
-    buckets = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            key = (_tower(name), _no_decay(name, param, cfg.optim.decay_embeddings))
-            buckets.setdefault(key, []).append(param)
-    groups, base_lrs = [], []
-    for (tower, no_decay), params in sorted(buckets.items()):
-        groups.append({"params": params, "lr": lrs[tower], "weight_decay": 0.0 if no_decay else cfg.optim.weight_decay})
-        base_lrs.append(lrs[tower])
-    return groups, base_lrs
-
-
 def activation_checkpointing(model: torch.nn.Module, cfg: RunConfig) -> None:
     if cfg.model.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
 
 
 def optimizer_for(model: torch.nn.Module, cfg: RunConfig, dist: DistInfo):
-    """-> (AdamW over the parameter groups, base lr per group, number of trainable parameters)."""
+    """-> (AdamW over the parameter groups, base lr per group, number of trainable parameters). Rank 0 prints
+    the groups once (pretrain/param_groups.py)."""
     groups, base_lrs = param_groups(model, cfg)
+    if dist.rank == 0:
+        print(group_table(model, cfg), file=sys.stderr)
     optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   eps=cfg.optim.eps, foreach=dist.device.type == "cuda")
     return optimizer, base_lrs, sum(p.numel() for g in groups for p in g["params"])

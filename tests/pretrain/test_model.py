@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from modeling.config import load_config
-from pretrain.engine import deepspeed_config, param_groups
+from pretrain.engine import deepspeed_config
+from pretrain.param_groups import param_groups
 from pretrain.export import write_export
 from modeling.model import ModelConfigError, build_model, resolve_model_config
 
