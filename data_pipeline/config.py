@@ -2,8 +2,10 @@
 
 Torch-free on purpose: `launch` validates configs on login nodes where torch is absent.
 """
+import math
+import re
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from clipforge_base.errors import UserError
 
@@ -45,6 +47,10 @@ class DataConfig:
     # flip with probability 1/2 (off by default, as in open_clip). Both seeded per sample position.
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
     hflip: bool = False
+    # Caption source per visit, by weight: member extension -> weight, e.g. {txt: 0.5, synthetic.txt: 0.5}
+    # (KEY.txt and KEY.synthetic.txt from convert --caption-col original --caption-col synthetic; open_clip's
+    # --json-text-key-probs). Seeded by sample position (data_pipeline/stream/caption_sources.py). null = KEY.txt.
+    caption_weights: Optional[Dict[str, float]] = None
 
     def validate(self) -> None:
         if self.mode not in LOADER_MODES:
@@ -64,3 +70,22 @@ class DataConfig:
             raise DataConfigError(f"data.captions_per_sample={self.captions_per_sample}: must be >= 1")
         if self.workers < 0:
             raise DataConfigError(f"data.workers={self.workers}: must be >= 0")
+        if self.caption_weights is not None:
+            check_caption_weights(self.caption_weights)
+
+
+# What convert writes: "txt" (KEY.txt) or a sanitised column name + ".txt" (data_pipeline/shards.caption_source_name).
+CAPTION_SOURCE_NAME = re.compile(r"txt|[a-z0-9]([a-z0-9_-]*[a-z0-9])?\.txt")
+
+
+def check_caption_weights(weights: Dict[str, float]) -> None:
+    """Names that convert can write, weights > 0: caught before any process starts."""
+    if not weights:
+        raise DataConfigError("data.caption_weights is empty: give {txt: 1.0, NAME.txt: w, ...} or null (KEY.txt only)")
+    for name, weight in weights.items():
+        if not CAPTION_SOURCE_NAME.fullmatch(str(name)):
+            raise DataConfigError(f"data.caption_weights: {name!r} is not a caption source name; give member "
+                                  "extensions: txt (KEY.txt, the primary) or NAME.txt (KEY.NAME.txt, written by "
+                                  "convert --caption-col NAME; the manifest's caption_sources lists them)")
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+            raise DataConfigError(f"data.caption_weights[{name!r}]={weight!r}: must be a number > 0")

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from data_pipeline.embeddings import VectorCache
-from data_pipeline.shards import IMAGE_EXTS, ShardError, TarIndex, all_captions, index_tar, sample_meta
+from data_pipeline.shards import IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, all_captions, index_tar, \
+    sample_meta
 from data_pipeline.stream import hashing
+from data_pipeline.stream.caption_sources import CaptionWeights
 from data_pipeline.stream.decode import DecodeError, train_image
 from data_pipeline.stream.plan import BatchRequest
 
@@ -73,6 +75,11 @@ class ShardCache:
         return {"capacity": self.capacity, "_open": OrderedDict()}
 
 
+def _lines(data: bytes) -> List[str]:
+    """A caption member's non-empty lines (one caption each)."""
+    return [line.strip() for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
+
+
 def _read(fd: int, span: Tuple[int, int]) -> bytes:
     offset, size = span
     data = os.pread(fd, size, offset)
@@ -88,11 +95,14 @@ class BatchDataset(torch.utils.data.Dataset):
                  tokenizer: Callable[[List[str]], torch.Tensor], cache_shards: int = 16,
                  source_roots: Optional[List[str]] = None, captions_per_sample: int = 1,
                  vector_paths: Optional[List[List[str]]] = None, vector_dim: int = 0,
-                 json_caption_sources: Sequence[int] = (), crop_scale=(0.9, 1.0), hflip: bool = False):
+                 json_caption_sources: Sequence[int] = (), crop_scale=(0.9, 1.0), hflip: bool = False,
+                 caption_weights: CaptionWeights = CaptionWeights.of(None)):
         """vector_paths: per source, per shard, the stored-embeddings file (data_pipeline.embeddings) whose
         vectors replace the captions' tokens; None = tokenise the captions. json_caption_sources: sources
-        converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them)."""
+        converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them).
+        caption_weights: which caption source each visit reads (data_pipeline/stream/caption_sources.py)."""
         self.json_caption_sources = set(json_caption_sources)
+        self.caption_weights = caption_weights
         self.shard_paths, self.seed, self.image_size = shard_paths, seed, image_size
         self.tokenizer = tokenizer
         self.cache = ShardCache(cache_shards)
@@ -103,29 +113,39 @@ class BatchDataset(torch.utils.data.Dataset):
         self.vectors = VectorCache()
         self._empty_tokens = None
 
-    def load(self, position: int, source: int, shard: int, index: int):
-        """(key, [(caption index, caption)] * K, uint8 [3,S,S]) of one sample, or (None, reason, None)."""
+    def _captions(self, fd: int, entry, source: int, wanted: str) -> Tuple[List[str], str]:
+        """(caption lines, the source they came from): `wanted`, else KEY.txt (KEY.json's list for sources
+        converted with --one-caption-per-txt) when the sample has no such member or it is empty."""
+        if wanted != PRIMARY_CAPTIONS and wanted in entry.members:
+            lines = _lines(_read(fd, entry.members[wanted]))
+            if lines:
+                return lines, wanted
+        lines = _lines(_read(fd, entry.members["txt"])) if "txt" in entry.members else []
+        if source in self.json_caption_sources and "json" in entry.members:
+            lines = all_captions(sample_meta(_read(fd, entry.members["json"])), lines)
+        return lines, PRIMARY_CAPTIONS
+
+    def load(self, position: int, source: int, shard: int, index: int, wanted: str = PRIMARY_CAPTIONS):
+        """(key, [(caption index, caption)] * K, uint8 [3,S,S], caption source read) of one sample, or
+        (None, reason, None, None); `wanted`: the caption source this visit asks for."""
         path = self.shard_paths[source][shard]
         try:
             fd, tar_index = self.cache.get(path)
         except (OSError, ShardError):
-            return None, UNREADABLE_SHARD, None
+            return None, UNREADABLE_SHARD, None, None
         if index >= len(tar_index.samples):
-            return None, MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE, None
+            return None, MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE, None, None
         entry = tar_index.samples[index]
         ext = next((e for e in IMAGE_EXTS if e in entry.members), None)
         if ext is None:
-            return None, MISSING_IMAGE, None
+            return None, MISSING_IMAGE, None, None
         try:
-            text = _read(fd, entry.members["txt"]).decode("utf-8", errors="replace") if "txt" in entry.members else ""
-            captions = [line.strip() for line in text.splitlines() if line.strip()]
-            if source in self.json_caption_sources and "json" in entry.members:
-                captions = all_captions(sample_meta(_read(fd, entry.members["json"])), captions)
+            captions, read_from = self._captions(fd, entry, source, wanted)
             if not captions:
-                return None, MISSING_CAPTION, None
+                return None, MISSING_CAPTION, None, None
             image_bytes = _read(fd, entry.members[ext])
         except OSError:
-            return None, READ_ERROR, None
+            return None, READ_ERROR, None, None
         # Per-visit randomness keyed by the global position: same crop and caption whatever the
         # worker, rank or resume point; a new choice in every epoch (new position).
         rng = hashing.rng(self.seed, hashing.SAMPLE_AUGMENT, position)
@@ -133,8 +153,8 @@ class BatchDataset(torch.utils.data.Dataset):
         try:
             image = train_image(image_bytes, ext, self.image_size, rng, self.crop_scale, self.hflip)
         except DecodeError:
-            return None, CORRUPT_IMAGE, None
-        return entry.key, chosen, image
+            return None, CORRUPT_IMAGE, None, None
+        return entry.key, chosen, image, read_from
 
     def _vectors(self, source: int, shard: int, key: str, chosen) -> Optional[List[np.ndarray]]:
         stored = self.vectors.get(self.vector_paths[source][shard])
@@ -144,12 +164,15 @@ class BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, request: BatchRequest) -> Dict:
         size = self.image_size
         images = np.empty((len(request.items), 3, size, size), dtype=np.uint8)
-        keys, ids, captions, caption_index, vectors, skipped = [], [], [], [], [], Counter()
-        for position, source, shard, index in request.items.tolist():
-            key, chosen_or_reason, image = self.load(position, source, shard, index)
+        keys, ids, captions, caption_index, vectors, skipped, fallbacks = [], [], [], [], [], Counter(), Counter()
+        wanted = self.caption_weights.choose(self.seed, request.items[:, 0])
+        for (position, source, shard, index), asked in zip(request.items.tolist(), wanted):
+            key, chosen_or_reason, image, read_from = self.load(position, source, shard, index, asked)
             if key is None:
                 skipped[chosen_or_reason] += 1
                 continue
+            if read_from != asked:
+                fallbacks[asked] += 1
             if self.vector_paths is not None:
                 rows = self._vectors(source, shard, key, chosen_or_reason)
                 if rows is None:
@@ -162,6 +185,7 @@ class BatchDataset(torch.utils.data.Dataset):
             captions.extend(caption for _, caption in chosen_or_reason)
             caption_index.append([c for c, _ in chosen_or_reason])
         out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
+               "caption_fallbacks": dict(fallbacks),
                "sample_ids": torch.tensor(ids, dtype=torch.int64),
                "caption_index": torch.tensor(caption_index, dtype=torch.int64).view(len(keys), self.captions_per_sample),
                "request": request}

@@ -7,7 +7,8 @@
         batch["tokens"]           # int64 [b*K, L] (K = data.captions_per_sample; image-major)
         batch["text_vectors"]     # instead of tokens, with text_store: float32 [b*K, D] stored tower outputs
         batch["sample_ids"]       # int64 [b]: equal for the same image seen twice (the loss's positives)
-        batch["caption_index"]    # int64 [b, K]: which lines of KEY.txt
+        batch["caption_index"]    # int64 [b, K]: which lines of KEY.txt (of the visit's caption source)
+        loader.counters, loader.caption_fallbacks   # skipped samples per reason; KEY.txt read instead of a source
         batch["keys"]             # list[str]
         ckpt["loader"] = loader.state_dict()   # the state after the batch just yielded
 
@@ -25,6 +26,7 @@ from clipforge_base.errors import UserError
 from data_pipeline import embeddings
 from data_pipeline.config import DataConfig, DataConfigError
 from data_pipeline.shards import ShardError, open_shards, txt_holds_first_caption
+from data_pipeline.stream import caption_sources
 from data_pipeline.stream.dataset import BatchDataset
 from data_pipeline.stream.plan import SamplePlan
 
@@ -56,6 +58,10 @@ class TrainLoader:
         self._identity = identity  # what a saved state must match to be resumable here
         self._state = plan.initial_state()
         self.counters: Dict[str, int] = {}  # skipped samples per reason: the trainer logs them, checkpoints keep them
+        # Visits that asked for a caption source the sample lacks and read KEY.txt instead, per asked source
+        # (not skips: those samples were trained on). Kept in checkpoints when data.caption_weights is set.
+        self.caption_fallbacks: Dict[str, int] = {}
+        self._weighted = data_cfg.caption_weights is not None
         self._sampler = _PlanSampler()
         workers = data_cfg.workers
         self._loader = torch.utils.data.DataLoader(
@@ -88,14 +94,19 @@ class TrainLoader:
         for out in self._loader:
             for reason, n in out["skipped"].items():
                 self.counters[reason] = self.counters.get(reason, 0) + n
+            for source, n in out["caption_fallbacks"].items():
+                self.caption_fallbacks[source] = self.caption_fallbacks.get(source, 0) + n
             self._state = out["request"].state_after
-            yield {k: v for k, v in out.items() if k not in ("skipped", "request")}
+            yield {k: v for k, v in out.items() if k not in ("skipped", "caption_fallbacks", "request")}
 
     def state_dict(self) -> Dict:
-        return {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
-                "step": self._state["step"], "position": self._state["position"],
-                "consumed": list(self._state["consumed"]), "cursors": [list(c) for c in self._state["cursors"]],
-                "counters": dict(self.counters)}
+        state = {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
+                 "step": self._state["step"], "position": self._state["position"],
+                 "consumed": list(self._state["consumed"]), "cursors": [list(c) for c in self._state["cursors"]],
+                 "counters": dict(self.counters)}
+        if self._weighted:
+            state["caption_fallbacks"] = dict(self.caption_fallbacks)
+        return state
 
     def load_state_dict(self, state: Dict) -> None:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -109,6 +120,7 @@ class TrainLoader:
                        "consumed": [int(c) for c in state["consumed"]],
                        "cursors": [[int(e), int(o)] for e, o in state["cursors"]]}
         self.counters = {str(k): int(v) for k, v in state.get("counters", {}).items()}
+        self.caption_fallbacks = {str(k): int(v) for k, v in state.get("caption_fallbacks", {}).items()}
 
 
 def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
@@ -126,6 +138,8 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
     for source, shard_set in zip(data_cfg.sources, shard_sets):
         if shard_set.num_samples == 0:
             raise ShardError(f"data.sources: {source.path} holds 0 samples")
+    caption_sources.check_known(data_cfg.caption_weights, [s.path for s in data_cfg.sources], shard_sets)
+    caption_sources.check_text_store(data_cfg.caption_weights, text_store)
     sizes = [[s.samples for s in shard_set.shards] for shard_set in shard_sets]
     plan = SamplePlan(sizes, [s.weight for s in data_cfg.sources], mode=data_cfg.mode, seed=seed,
                       window=data_cfg.shuffle_window, global_batch_size=global_batch_size, drop_last=drop_last)
@@ -145,13 +159,16 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
                            source_roots=[embeddings.dataset_root(s.path) for s in data_cfg.sources],
                            captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths, vector_dim=vector_dim,
                            json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)],
-                           crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip)
+                           crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip,
+                           caption_weights=caption_sources.CaptionWeights.of(data_cfg.caption_weights))
     identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
                 "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
                 "samples_per_source": [shard_set.num_samples for shard_set in shard_sets],
                 "weights": [float(s.weight) for s in data_cfg.sources]}
     if data_cfg.captions_per_sample > 1:  # absent at 1: states saved before the option existed still resume
         identity["captions_per_sample"] = data_cfg.captions_per_sample
+    if data_cfg.caption_weights is not None:  # absent when unset, for the same reason
+        identity["caption_weights"] = {name: float(w) for name, w in sorted(data_cfg.caption_weights.items())}
     loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size, identity=identity)
     if state is not None:
         loader.load_state_dict(state)
