@@ -32,6 +32,13 @@ def _fate(sample: Sample, index: int, filters: List[Filter], pool: Dict[int, Fat
     return pool.get(index)
 
 
+def _near_duplicates(options: CurateOptions, keys: List[str]) -> Optional[NearDuplicates]:
+    if not options.embeddings:
+        return None
+    vectors = load_embeddings(options.embeddings, options.embedding_column, keys)
+    return NearDuplicates(vectors, keys, options.dedup_threshold)
+
+
 def _decide(window: List[list], dedup: Optional[NearDuplicates]) -> None:
     """Dedup last, so it only compares samples that survive the rest: the window's survivors as one block."""
     survivors = [entry for entry in window if entry[2] is None]
@@ -88,12 +95,7 @@ def curate(source: str, out: str, **options) -> dict:
     options.validate()
     shard_set = open_shards(options.source)
     keys = input_keys(shard_set)
-    filters = sample_filters(options)
-    pool = score_fates(options, keys)
-    dedup = None
-    if options.embeddings:
-        vectors = load_embeddings(options.embeddings, options.embedding_column, keys)
-        dedup = NearDuplicates(vectors, keys, options.dedup_threshold)
+    filters, pool, dedup = sample_filters(options), score_fates(options, keys), _near_duplicates(options, keys)
     check_out_dir(options.out)  # only now: a bad side file leaves no empty --out behind
     shards, fates = ShardsOut(options.out, options.samples_per_shard), FateTable()
     bar = tqdm(read_samples(shard_set), total=len(keys), unit="sample", desc="curate", file=sys.stderr,
