@@ -26,6 +26,9 @@ from modeling.config import RUN_INFO_KEY, ConfigError, RunConfig, load_config
 SAFE_CHANGES = ("train.steps", "train.samples", "train.epochs", "train.log_every", "train.max_nonfinite_steps",
                 "train.run_dir", "train.device", "optim.", "eval.", "checkpoint.", "data.workers", "data.prefetch",
                 "data.val_path", "model.grad_checkpointing", "model.text_cache", "model.ema_decay")
+# optim.* may change, but switching a tower's layer-wise lr decay on or off regroups its parameters (one
+# optimizer group per layer, pretrain/param_groups.py): the checkpoint's optimizer state no longer fits.
+LAYER_DECAY_KEYS = ("optim.layer_decay", "optim.layer_decay_image", "optim.layer_decay_text")
 # DeepSpeed names one optimizer-state file per data-parallel rank (bf16_ prefix for its bf16 optimizer).
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
@@ -112,6 +115,16 @@ def _safe(key: str) -> bool:
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_CHANGES)
 
 
+def _regrouped(old: dict, new: dict) -> List[str]:
+    """The layer-decay keys that changed, when their change switches a tower's decay on or off; else []
+    (another decay value only moves the base lrs, which the schedule sets every step)."""
+    def on(flat: dict, tower: str) -> bool:
+        return flat.get(f"optim.layer_decay_{tower}") is not None or flat.get("optim.layer_decay") is not None
+    if all(on(old, tower) == on(new, tower) for tower in ("image", "text")):
+        return []
+    return [k for k in LAYER_DECAY_KEYS if old.get(k) != new.get(k)]
+
+
 def _saved_world(path: str) -> Optional[int]:
     ranks = {int(m.group(1)) for name in os.listdir(path) for m in [_RANK_FILE.search(name)] if m}
     return len(ranks) or None
@@ -140,7 +153,7 @@ def check_resume(cfg: RunConfig, world_size: int) -> Optional[ResumePoint]:
     if os.path.isfile(saved_file):
         old, new = _flat(load_config(saved_file)), _flat(cfg)
         differ = [k for k in new if _resolved(k, old.get(k)) != _resolved(k, new[k])]
-        breaking = [k for k in differ if not _safe(k)]
+        breaking = [k for k in differ if not _safe(k)] + _regrouped(old, new)
         if breaking:
             what = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in breaking)
             raise ConfigError(f"cannot resume {where} with a changed {what}: give a new train.run_dir "

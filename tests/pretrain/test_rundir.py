@@ -152,3 +152,26 @@ def test_the_same_files_by_relative_paths_resume(tmp_path, monkeypatch):
     point = check_resume(load_config(str(config), [f"model.name={same_model}", "data.sources=[{path: shards}]"]),
                          world_size=2)
     assert point is not None and point.step == 5 and point.changes == []
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["optim.layer_decay=0.8"], None),                                          # another value: the base lrs move
+    (["optim.layer_decay=0.7", "optim.layer_decay_image=0.5"], None),           # the image tower was on already
+    (["optim.layer_decay=null"], "optim.layer_decay 0.7 -> None"),              # both towers off: regrouped
+    (["optim.layer_decay=null", "optim.layer_decay_text=0.7"], "optim.layer_decay 0.7 -> None"),  # image off
+])
+def test_switching_a_towers_layer_decay_on_or_off_breaks_resume(tmp_path, overrides, refused):
+    config = _run_dir(tmp_path, overrides=["optim.layer_decay=0.7"])
+    cfg = load_config(str(config), overrides)
+    if refused is None:
+        assert check_resume(cfg, world_size=2).step == 5
+        return
+    with pytest.raises(ConfigError) as err:
+        check_resume(cfg, world_size=2)
+    assert refused in str(err.value) and "new train.run_dir" in str(err.value)
+
+
+def test_turning_layer_decay_on_for_one_tower_breaks_resume(tmp_path):
+    config = _run_dir(tmp_path)
+    with pytest.raises(ConfigError, match=r"optim\.layer_decay_text None -> 0\.7"):
+        check_resume(load_config(str(config), ["optim.layer_decay_text=0.7"]), world_size=2)
