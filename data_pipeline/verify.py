@@ -1,9 +1,9 @@
 """`clipforge verify DIR`: re-read every shard of a shard dataset and check it against manifest.json.
 
 Checks: each shard's bytes and sha256; samples per shard against the manifest, sizes.json and the shard parquet;
-every sample has an image, a non-empty UTF-8 caption file and a json; keys have no dots and are unique across the
-dataset; every image decodes; the manifest's counts add up to its input items. Exit 0 when clean, 1 otherwise,
-2 when DIR is not a shard dataset. Every problem names the shard (and key).
+every sample has an image, a non-empty UTF-8 caption file (further caption sources' too) and a json; keys have
+no dots and are unique across the dataset; every image decodes; the manifest's counts add up to its input items.
+Exit 0 when clean, 1 otherwise, 2 when DIR is not a shard dataset. Every problem names the shard (and key).
 """
 import argparse
 import hashlib
@@ -70,14 +70,15 @@ def check_sample(shard: str, key: str, members: dict, problems: list) -> None:
             _decode(members[images[0]], images[0])
         except Exception as error:
             problems.append(f"{where}: image does not decode ({type(error).__name__}: {error})")
-    try:
-        lines = members["txt"].decode("utf-8").split("\n") if "txt" in members else None
-        if lines is None:
-            problems.append(f"{where}: no .txt caption member")
-        elif not all(line.strip() for line in lines):
-            problems.append(f"{where}: empty caption line in {key}.txt")
-    except UnicodeDecodeError as error:
-        problems.append(f"{where}: caption is not UTF-8 ({error})")
+    if "txt" not in members:
+        problems.append(f"{where}: no .txt caption member")
+    # the primary KEY.txt and every further caption source KEY.NAME.txt (data_pipeline/shards.py)
+    for extension in sorted(ext for ext in members if ext.endswith("txt")):
+        try:
+            if not all(line.strip() for line in members[extension].decode("utf-8").split("\n")):
+                problems.append(f"{where}: empty caption line in {key}.{extension}")
+        except UnicodeDecodeError as error:
+            problems.append(f"{where}: caption in {key}.{extension} is not UTF-8 ({error})")
     if "json" not in members:
         problems.append(f"{where}: no .json member")
         return

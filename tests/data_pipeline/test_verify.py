@@ -8,7 +8,7 @@ import pytest
 from data_pipeline.convert import convert
 from data_pipeline.verify import main
 
-from .convert_inputs import caption_table
+from .convert_inputs import caption_table, jpeg, write, write_csv
 
 
 @pytest.fixture()
@@ -69,3 +69,15 @@ def test_missing_shard_and_not_a_dataset(dataset, tmp_path, capsys):
     assert "shard-000001.tar: missing" in capsys.readouterr().out
     assert main([str(tmp_path / "raw"), "--no-progress"]) == 2
     assert "is not a readable shard dataset" in capsys.readouterr().err
+
+
+def test_a_further_caption_source_is_checked_too(tmp_path, capsys):
+    for i in range(2):
+        write(tmp_path / "raw" / f"img{i}.jpg", jpeg(40, 30, seed=i))
+    rows = [(f"img{i}.jpg", f"caption {i}", f"recaption {i}") for i in range(2)]
+    table = write_csv(tmp_path / "raw" / "table.csv", rows, header=("image", "caption", "synthetic"))
+    convert([table], str(tmp_path / "out"), image_size=24, caption_col=["caption", "synthetic"], progress=False)
+    assert main([str(tmp_path / "out"), "--no-progress"]) == 0
+    _rewrite_member(tmp_path / "out" / "shard-000000.tar", "000000001.synthetic.txt", b"re\xe9caption")
+    assert main([str(tmp_path / "out"), "--no-progress"]) == 1
+    assert "key 000000001: caption in 000000001.synthetic.txt is not UTF-8" in capsys.readouterr().out
