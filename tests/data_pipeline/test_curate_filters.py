@@ -7,11 +7,12 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
+from data_pipeline.convert import convert
 from data_pipeline.curate import curate
 from data_pipeline.verify import verify
 
 from .conftest import write_dataset
-from .convert_inputs import read_shards
+from .convert_inputs import jpeg, read_shards, write, write_csv
 from .curate_inputs import KEYS, converted, fates, input_rows, reasons
 
 KEPT = ("success", None)
@@ -59,6 +60,18 @@ def test_words_split_on_whitespace_in_any_language(shards, tmp_path):
     got = fates(out)
     assert got[KEYS[6]] == ("filtered", "min_words")  # 猫 が 寝て いる: 4 words
     assert [k for k, fate in got.items() if fate == KEPT] == [KEYS[i] for i in (0, 2, 3, 4, 5)]
+
+
+def test_several_captions_the_longest_counts(tmp_path):
+    image = write(str(tmp_path / "raw" / "a.jpg"), jpeg(40, 30, seed=1))
+    other = write(str(tmp_path / "raw" / "b.jpg"), jpeg(40, 30, seed=2))
+    table = write_csv(tmp_path / "raw" / "captions.csv", [(image, "dog"), (image, "a brown dog runs"),
+                                                          (other, "cat"), (other, "a cat")])
+    convert([table], str(tmp_path / "shards"), image_size=24, progress=False)
+    curate(str(tmp_path / "shards"), str(tmp_path / "out"), min_words=3, progress=False)
+    assert list(fates(tmp_path / "out").values()) == [KEPT, ("filtered", "min_words")]
+    assert reasons(tmp_path / "out")["000000001"] == "longest caption has 2 words < --min-words 3"
+    assert read_shards(tmp_path / "out")["000000000"]["txt"] == b"dog\na brown dog runs"  # both captions kept
 
 
 def test_size_of_the_stored_image_when_no_original_is_recorded(tmp_path):
