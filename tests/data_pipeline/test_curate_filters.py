@@ -1,8 +1,10 @@
 """clipforge curate's per-sample filters on a converted dataset with known answers (tests/data_pipeline/
 curate_inputs.py): every input sample gets exactly one fate, the counts add up, the output verifies."""
 import hashlib
+import io
 import json
 import os
+import tarfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -117,3 +119,23 @@ def test_keep_list_then_other_filters(shards, tmp_path):
     assert [k for k, fate in got.items() if fate == KEPT] == [KEYS[3], KEYS[6]]
     assert manifest["counts"] == {"success": 2, "filtered": 6}
     assert json.loads(open(os.path.join(out, "sizes.json")).read()) == {"shard-000000.tar": 2}
+
+
+def test_an_unreadable_image_is_removed_as_failed_to_decode(tmp_path):
+    write_dataset(tmp_path / "ds", num_shards=1, per_shard=2)
+    path = tmp_path / "ds" / "shard-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for member, data in members:
+            data = b"not a jpeg" if member.name == "s000001.jpg" else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    curate(str(tmp_path / "ds"), str(tmp_path / "out"), min_image_size=8, progress=False)
+    assert list(fates(tmp_path / "out").values()) == [KEPT, ("failed_to_decode", "min_image_size")]
+    assert reasons(tmp_path / "out")["s000001"].startswith("image size unreadable (cannot identify image file")
+
+
+def test_a_brace_pattern_of_some_shards(shards, tmp_path):
+    manifest = curate(os.path.join(shards, "shard-{000000..000001}.tar"), str(tmp_path / "out"), progress=False)
+    assert manifest["input_items"] == 6 and list(fates(tmp_path / "out")) == KEYS[:6]
