@@ -73,7 +73,8 @@ def test_vit_and_text_transformer_scales_and_weight_decay_by_hand():
                                       "transformer.resblocks.1.": 1, "ln_final.": 0, "text_projection": 0})
     decayed_image = {"clip.visual.conv1.weight", "clip.visual.proj"} | {
         f"clip.visual.transformer.resblocks.{i}.{m}" for i in (0, 1) for m in BLOCK_MATRICES}
-    decayed_text = {"clip.text_projection"} | {f"clip.transformer.resblocks.{i}.{m}" for i in (0, 1) for m in BLOCK_MATRICES}
+    decayed_text = {"clip.text_projection"} | {
+        f"clip.transformer.resblocks.{i}.{m}" for i in (0, 1) for m in BLOCK_MATRICES}
     expected = {n: (LR * 0.5 ** e, 0.05 if n in decayed_image else 0.0) for n, e in image.items()}
     expected.update({n: (LR_TEXT * 0.25 ** e, 0.1 if n in decayed_text else 0.0) for n, e in text.items()})
     expected["clip.logit_scale"] = (LR, 0.0)
