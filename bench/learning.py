@@ -131,18 +131,30 @@ def run_peer(name: str, lit: bool, splits, out: Path, p: Dict) -> Dict:
            "--logs", logs, "--name", name, "--report-to", "", "--log-every-n-steps", "20"]
     if lit:
         cmd += ["--lock-text", "--lock-text-unlocked-layers", "0"]
-    started = out / f"{name}.started"  # launch time: epoch checkpoints' mtimes are read against it
-    if not (run / "checkpoints" / f"epoch_{p['epochs']}.pt").is_file():
-        shutil.rmtree(run, ignore_errors=True)  # open_clip_train refuses an existing experiment folder
-        started.write_text(f"{time.time()}\n")
-        sh(cmd, out / f"{name}.log")
-    start = float(started.read_text())
-    curve = []
-    for epoch in range(1, p["epochs"] + 1):
-        ckpt = run / "checkpoints" / f"epoch_{epoch}.pt"
-        export = peer_checkpoint_to_export(ckpt, model_dir, out / f"{name}-export-epoch{epoch}")
-        dev = score(export, splits["dev"], out / f"{name}-dev-epoch{epoch}.json", out / f"{name}-eval.log")
-        curve.append((ckpt.stat().st_mtime - start, dev))
+    ckpts = run / "checkpoints"
+    done = max((e for e in range(1, p["epochs"] + 1) if (ckpts / f"epoch_{e}.pt").is_file()), default=0)
+    # A run stopped part-way resumes from its last epoch checkpoint (`--resume latest`). Each launch is a
+    # segment [start time, epochs done before it]; epoch checkpoints' mtimes are read against their segment's
+    # start, and a segment counts only up to its last checkpoint (the lost partial epoch is not charged).
+    seg_file, legacy = out / f"{name}.segments.json", out / f"{name}.started"
+    segments = json.loads(seg_file.read_text()) if seg_file.is_file() else \
+        [[float(legacy.read_text()), 0]] if legacy.is_file() and done else []
+    if done < p["epochs"]:
+        if done == 0:
+            shutil.rmtree(run, ignore_errors=True)  # open_clip_train refuses an existing experiment folder
+            segments = []
+        segments.append([time.time(), done])
+        write_atomic(str(seg_file), json.dumps(segments))
+        sh(cmd + (["--resume", "latest"] if done else []), out / f"{name}{'-resumed' if done else ''}.log")
+    curve, charged = [], 0.0
+    for i, (start, before) in enumerate(segments):
+        last = segments[i + 1][1] if i + 1 < len(segments) else p["epochs"]
+        for epoch in range(before + 1, last + 1):
+            ckpt = ckpts / f"epoch_{epoch}.pt"
+            export = peer_checkpoint_to_export(ckpt, model_dir, out / f"{name}-export-epoch{epoch}")
+            dev = score(export, splits["dev"], out / f"{name}-dev-epoch{epoch}.json", out / f"{name}-eval.log")
+            curve.append((charged + ckpt.stat().st_mtime - start, dev))
+        charged = curve[-1][0] if curve else charged
     test = score(out / f"{name}-export-epoch{p['epochs']}", splits["test"], out / f"{name}-test.json",
                  out / f"{name}-eval.log")
     return {"name": name, "trainer": "open_clip_train 3.3.0", "wall_s": curve[-1][0], "test": test, "curve": curve}
