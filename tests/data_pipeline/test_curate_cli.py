@@ -76,7 +76,8 @@ def test_out_must_be_new_or_empty_and_input_a_dataset(shards, tmp_path, capsys):
 
 def test_python_dash_m_and_clipforge_curate(shards, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
-    for prefix, out in ((["-m", "data_pipeline.curate"], "a"), (["-m", "launch.cli", "curate"], "b")):
+    for prefix, out in ((["-m", "data_pipeline.curate"], "a"), (["-m", "launch.cli", "curate"], "b"),
+                        (["-m", "data_pipeline", "curate"], "c")):
         result = subprocess.run([sys.executable, *prefix, shards, "--out", str(tmp_path / out), "--no-progress",
                                  "--max-aspect-ratio", "3"], capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
