@@ -10,7 +10,7 @@ from typing import List
 from clipforge_base.atomic import write_atomic
 from data_pipeline.shards import PRIMARY_CAPTIONS, caption_source_name, shard_name
 from .options import ConvertError
-from .plan import load_plan
+from .plan import in_current_terms, load_plan
 from .shard_writer import read_stats
 
 VERSION = "0.1.0"
@@ -22,12 +22,6 @@ def missing_shards(out_dir: str, num_shards: int) -> List[int]:
 
 def _write_json(path: str, value) -> None:
     write_atomic(path, json.dumps(value, indent=1, ensure_ascii=False))
-
-
-def _extra_columns(options: dict) -> List[str]:
-    """The further --caption-col columns of a plan (a plan from before the flag was repeatable holds a string)."""
-    columns = options.get("caption_col")
-    return columns[1:] if isinstance(columns, list) else []
 
 
 def merge(out_dir: str) -> dict:
@@ -43,7 +37,7 @@ def merge(out_dir: str) -> dict:
         shards.append({"name": stats["shard"], "samples": stats["samples"], "bytes": stats["bytes"],
                        "sha256": stats["sha256"]})
         counts.update(stats["counts"])
-    options = plan["options"]
+    options = in_current_terms(plan["options"])
     manifest = {
         "format": "clipforge-shards", "version": 1,
         "num_samples": sum(shard["samples"] for shard in shards),
@@ -55,7 +49,7 @@ def merge(out_dir: str) -> dict:
         # "first": KEY.txt holds one caption (open_clip's trainer joins lines), KEY.json "captions" all of them.
         "txt_captions": "first" if options.get("one_caption_per_txt") else "all",
         # KEY.txt (the primary) and the member extension of every further --caption-col (data_pipeline/shards.py)
-        "caption_sources": [PRIMARY_CAPTIONS] + [caption_source_name(column) for column in _extra_columns(options)],
+        "caption_sources": [PRIMARY_CAPTIONS] + [caption_source_name(column) for column in options["caption_col"][1:]],
         "created_by": {"version": VERSION, "config": options},
     }
     if sum(counts.values()) != plan["num_items"]:

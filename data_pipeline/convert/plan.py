@@ -42,6 +42,20 @@ def make_plan(items: List[Item], options: ConvertOptions) -> dict:
             "options": options.content()}
 
 
+# A plan written before these options existed: what its shards were written with (opt-outs were not honoured).
+BEFORE_THE_OPTION = {"disallow_optout": True, "respect_robots": False}
+
+
+def in_current_terms(options: dict) -> dict:
+    """An older plan's options as today's: the options it predates at their old behaviour, and the one
+    --caption-col it held (a string or null) as the list it is now."""
+    current = {**BEFORE_THE_OPTION, **options}
+    column = current.get("caption_col")
+    if not isinstance(column, list):
+        current["caption_col"] = [] if column is None else [column]
+    return current
+
+
 def write_or_check_plan(out_dir: str, plan: dict) -> None:
     """First run writes the plan; later runs (resume, other nodes) must have the same one."""
     path = os.path.join(out_dir, PLAN_FILE)
@@ -49,6 +63,7 @@ def write_or_check_plan(out_dir: str, plan: dict) -> None:
     if existing is None:
         write_atomic(path, json.dumps(plan, indent=1, sort_keys=True, ensure_ascii=False))
         return
+    existing = {**existing, "options": in_current_terms(existing["options"])}
     if existing == plan:
         return
     differences = [key for key in plan["options"] if existing["options"].get(key) != plan["options"][key]]

@@ -1,5 +1,6 @@
 """Site opt-outs of URL inputs against a real HTTP server on 127.0.0.1: X-Robots-Tag headers (on by default),
 robots.txt (--respect-robots), the --disallow-optout switch, and counts that add up."""
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -8,6 +9,7 @@ import pytest
 
 from data_pipeline.convert import convert
 from data_pipeline.convert.cli import main
+from data_pipeline.convert.options import ConvertError
 
 from .convert_inputs import jpeg, read_shards, write
 
@@ -150,3 +152,23 @@ def test_local_inputs_have_no_optout_line(tmp_path):
     write(tmp_path / "urls.txt", f"{(tmp_path / 'a.jpg').as_uri()}\ta local file\n".encode())
     summary = convert([str(tmp_path / "urls.txt")], str(tmp_path / "out"), image_size=16, progress=False)
     assert summary["written"] == 1 and summary["opt_outs"] is None
+
+
+def test_a_conversion_begun_before_opt_outs_resumes_only_as_it_began(tmp_path):
+    """Its plan lacks the opt-out options (its shards were written without the check) and holds --caption-col as
+    one string: resuming it as it began works, resuming it with the check on is refused, naming the option."""
+    write(tmp_path / "a.jpg", jpeg(40, 30, seed=1))
+    write(tmp_path / "urls.txt", f"{(tmp_path / 'a.jpg').as_uri()}\ta local file\n".encode())
+    out = tmp_path / "out"
+    convert([str(tmp_path / "urls.txt")], str(out), image_size=16, progress=False, caption_col="caption")
+    plan = json.loads((out / "convert_plan.json").read_text())
+    for key in ("disallow_optout", "respect_robots"):
+        del plan["options"][key]
+    plan["options"]["caption_col"] = "caption"
+    (out / "convert_plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ConvertError, match="option\\(s\\) disallow_optout differ"):
+        convert([str(tmp_path / "urls.txt")], str(out), image_size=16, progress=False, caption_col="caption")
+    summary = convert([str(tmp_path / "urls.txt")], str(out), image_size=16, progress=False, caption_col="caption",
+                      disallow_optout=True)
+    assert summary["skipped_shards"] == 1 and summary["written"] == 1
+    assert json.loads((out / "manifest.json").read_text())["caption_sources"] == ["txt"]
