@@ -100,8 +100,16 @@ class TrainConfig:
     samples: Optional[int] = None
     epochs: Optional[float] = None
     log_every: int = 10
-    # Stop after this many consecutive non-finite steps (each is skipped, weights untouched).
+    # Diverged after this many consecutive non-finite steps (each is skipped, weights untouched).
     max_nonfinite_steps: int = 5
+    # Also diverged: a loss above spike_factor x the median of the last spike_window losses (null = off).
+    spike_factor: Optional[float] = None
+    spike_window: int = 100
+    # On divergence, reload the last good checkpoint and skip the next skip_batches_after_rollback batches
+    # (null: those since the checkpoint, through the one that diverged), at most max_rollbacks times;
+    # then (and at 0) stop with exit 3 naming the checkpoint (pretrain/rollback.py).
+    max_rollbacks: int = 0
+    skip_batches_after_rollback: Optional[int] = None
     # auto: cuda when available, else cpu.
     device: str = "auto"
 

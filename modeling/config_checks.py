@@ -38,6 +38,22 @@ def _check_optim_ranges(optim) -> None:
                                                                        " or null (= optim.weight_decay)"))
 
 
+def _check_divergence(train) -> None:
+    """The divergence and rollback keys (pretrain/rollback.py)."""
+    if train.max_nonfinite_steps < 1:
+        raise ConfigError(f"train.max_nonfinite_steps={train.max_nonfinite_steps}: must be >= 1")
+    if train.spike_factor is not None and not train.spike_factor > 1:
+        raise ConfigError(f"train.spike_factor={train.spike_factor}: must be > 1 (a loss that many times the "
+                          "recent median counts as a spike), e.g. 3, or null (off)")
+    if train.spike_window < 1:
+        raise ConfigError(f"train.spike_window={train.spike_window}: must be >= 1 (losses in the running median)")
+    if train.max_rollbacks < 0:
+        raise ConfigError(f"train.max_rollbacks={train.max_rollbacks}: must be >= 0 (0 = stop at the first divergence)")
+    if train.skip_batches_after_rollback is not None and train.skip_batches_after_rollback < 0:
+        raise ConfigError(f"train.skip_batches_after_rollback={train.skip_batches_after_rollback}: must be >= 0, "
+                          "or null (skip the batches since the checkpoint)")
+
+
 def validate(cfg) -> None:
     """cfg: a RunConfig. Choice keys, ranges and cross-field checks; every message names the key(s) and the fix."""
     try:
@@ -78,6 +94,7 @@ def validate(cfg) -> None:
     if cfg.train.micro_batch_size is not None and cfg.train.micro_batch_size < 1:
         raise ConfigError(f"train.micro_batch_size={cfg.train.micro_batch_size}: must be >= 1 or null")
     _check_optim_ranges(cfg.optim)
+    _check_divergence(cfg.train)
     if cfg.optim.grad_clip < 0:
         raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip}: must be >= 0 (0 = off)")
     if not 0 <= cfg.model.patch_dropout < 1:

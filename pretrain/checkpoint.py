@@ -3,9 +3,15 @@
     RUN/checkpoints/step00000120/     DeepSpeed files + trainer_state.json + rng/rank<r>.json
     RUN/checkpoints/latest            "step00000120" (written last, atomically)
 
-Atomic: every rank saves into `.tmp-stepN`; after a barrier rank 0 writes trainer_state.json, renames
-the folder and only then points `latest` at it, so a killed job never leaves a `latest` that names a
-half-written checkpoint (the run dir is on a file system all nodes share, as usual under slurm).
+Atomic: every rank saves into `.tmp-stepN`; once all ranks' files exist rank 0 writes trainer_state.json and
+checksums.json (sha256 of every file: pretrain/checkpoint_integrity.py), renames the folder and only then
+points `latest` at it, so a killed job never leaves a `latest` that names a half-written checkpoint (the
+run dir is on a file system all nodes share, as usual under slurm). A resume verifies the checksums and
+passes over a damaged latest for the newest intact checkpoint, with a warning naming the bad file.
+Failed save: a write error on any rank (disk full: ENOSPC, quota, I/O error) is shared by all ranks (the
+gather that replaces the barrier), the `.tmp-` folder is removed, `latest` still names the previous
+checkpoint, and save raises CheckpointSaveFailed: run.py prints its message (the rank, the error, the
+previous checkpoint) and exits with EXIT_SAVE_FAILED (74).
 Preemption: a signal only sets a flag; all ranks agree on it after the step (one all-reduce) and save
 together, then exit with EXIT_PREEMPTED so the launcher/slurm requeues the job; the requeued job
 auto-resumes from `latest`.
@@ -15,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -23,10 +30,12 @@ import torch
 import torch.distributed as dist
 
 from clipforge_base.atomic import write_atomic
-from clipforge_base.errors import UserFileNotFound
+from clipforge_base.errors import UserError, UserFileNotFound
+from pretrain.checkpoint_integrity import newest_intact, problem, write_checksums
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
 EXIT_NONFINITE = 3  # too many consecutive non-finite steps; resume from the named checkpoint with a lower lr
+EXIT_SAVE_FAILED = 74  # EX_IOERR: a checkpoint could not be written; the previous one is intact
 LATEST = "latest"
 
 
@@ -76,6 +85,21 @@ def _write_json(path: str, obj) -> None:
     write_atomic(path, json.dumps(obj))
 
 
+class CheckpointSaveFailed(Exception):
+    """A checkpoint could not be written on some rank; `latest` still names the previous one."""
+
+
+class CheckpointDamaged(UserError):
+    """checkpoint.resume names a checkpoint that is truncated or fails its checksums."""
+
+
+def _gather_errors(error: Optional[str]) -> list:
+    """Every rank's write error (None: fine); also the barrier of the save protocol."""
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return [e for e in errors if e is not None]
+
+
 class CheckpointManager:
     def __init__(self, run_dir: str, every_steps: int, every_minutes: float, keep_last: int, rank: int):
         self.dir = os.path.join(run_dir, "checkpoints")
@@ -91,35 +115,91 @@ class CheckpointManager:
         by_time = self.rank == 0 and self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s
         return by_steps or by_time
 
-    def latest_path(self) -> Optional[str]:
+    def latest_tag(self) -> Optional[str]:
         marker = os.path.join(self.dir, LATEST)
         if not os.path.isfile(marker):
             return None
         with open(marker) as f:
-            tag = f.read().strip()
-        path = os.path.join(self.dir, tag)
-        return path if os.path.isdir(path) else None
+            return f.read().strip()
 
-    def save(self, engine, trainer_state: dict) -> str:
-        tag = tag_for(trainer_state["step"])
-        tmp_tag = f".tmp-{tag}"
-        engine.save_checkpoint(self.dir, tag=tmp_tag, save_latest=False)
+    def _on_rank0(self, fn):
+        """fn() on rank 0 only (it reads the whole checkpoint once), its answer broadcast to every rank."""
+        box = [fn() if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def intact_latest(self) -> Optional[str]:
+        """The newest checkpoint that passes its checksums, starting at `latest`; each one passed over is a
+        warning on stderr naming its bad file. None: no checkpoint (or none intact)."""
+        def find():
+            path, warnings, cost = newest_intact(self.dir, self.latest_tag())
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            if path is not None:
+                print(f"checkpoint {os.path.basename(path)} verified: {cost}", file=sys.stderr)
+            return path
+        return self._on_rank0(find)
+
+    def check_intact(self, path: str) -> None:
+        """An explicitly named checkpoint is refused, not replaced, when it is damaged."""
+        bad = self._on_rank0(lambda: problem(os.path.abspath(path.rstrip("/"))))
+        if bad is not None:
+            raise CheckpointDamaged(f"checkpoint.resume={path}: {bad}; give an intact checkpoint "
+                                    f"(an older RUN/checkpoints/stepN) or latest")
+
+    def _write_own_files(self, engine, tmp_tag: str) -> Optional[str]:
+        """This rank's share of the checkpoint; -> its write error, if any. torch.save reports a full disk as
+        a RuntimeError ("PytorchStreamWriter failed writing file"), plain writes as OSError."""
+        try:
+            engine.save_checkpoint(self.dir, tag=tmp_tag, save_latest=False)
+        except (OSError, RuntimeError) as err:
+            dist.barrier()  # DeepSpeed's save ends with a barrier, which this rank's failed write skipped
+            return f"rank {self.rank}: {err}"
         tmp_dir = os.path.join(self.dir, tmp_tag)
-        os.makedirs(os.path.join(tmp_dir, "rng"), exist_ok=True)
-        _write_json(os.path.join(tmp_dir, "rng", f"rank{self.rank}.json"), rng_state())
-        for name, state in self.per_rank.items():
-            os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
-            torch.save(state(), os.path.join(tmp_dir, name, f"rank{self.rank}.pt"))
-        dist.barrier()
-        if self.rank == 0:
+        try:
+            os.makedirs(os.path.join(tmp_dir, "rng"), exist_ok=True)
+            _write_json(os.path.join(tmp_dir, "rng", f"rank{self.rank}.json"), rng_state())
+            for name, state in self.per_rank.items():
+                os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
+                torch.save(state(), os.path.join(tmp_dir, name, f"rank{self.rank}.pt"))
+        except (OSError, RuntimeError) as err:
+            return f"rank {self.rank}: {err}"
+        return None
+
+    def _commit(self, tmp_dir: str, tag: str, trainer_state: dict) -> Optional[str]:
+        """Rank 0, once every rank's files exist: state, checksums, rename, `latest`; -> its write error."""
+        try:
             _write_json(os.path.join(tmp_dir, "trainer_state.json"), trainer_state)
+            write_checksums(tmp_dir)
             final = os.path.join(self.dir, tag)
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(tmp_dir, final)
             write_atomic(os.path.join(self.dir, LATEST), tag)
-            self._prune()
-        dist.barrier()
+        except OSError as err:
+            return f"rank 0: {err}"
+        self._prune()
+        return None
+
+    def _abort_if_failed(self, errors: list, tmp_dir: str, tag: str) -> None:
+        if not errors:
+            return
+        if self.rank == 0:
+            shutil.rmtree(tmp_dir, ignore_errors=True)  # frees what the partial save took
+        raise CheckpointSaveFailed(
+            f"checkpoint {tag} could not be written ({'; '.join(errors)}); it was removed and "
+            f"{os.path.join(self.dir, LATEST)} still names the previous checkpoint "
+            f"({self.last_tag or 'none'}), which is intact: free space in {self.dir} "
+            f"({shutil.disk_usage(self.dir).free / 1e9:.2f} GB free now) and resume")
+
+    def save(self, engine, trainer_state: dict) -> str:
+        """All ranks call it; raises CheckpointSaveFailed on every rank when a write failed on any."""
+        tag = tag_for(trainer_state["step"])
+        tmp_tag = f".tmp-{tag}"
+        tmp_dir = os.path.join(self.dir, tmp_tag)
+        self._abort_if_failed(_gather_errors(self._write_own_files(engine, tmp_tag)), tmp_dir, tag)
+        error = self._commit(tmp_dir, tag, trainer_state) if self.rank == 0 else None
+        self._abort_if_failed(_gather_errors(error), tmp_dir, tag)
         self.last_save, self.last_tag = time.monotonic(), tag
         return os.path.join(self.dir, tag)
 

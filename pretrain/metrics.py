@@ -1,5 +1,5 @@
-"""Training metrics: RUN/metrics.jsonl (one JSON line per log step) + tensorboard scalars + a one-line
-live status on rank 0 + RUN/loss.png at the end.
+"""Training metrics: RUN/metrics.jsonl (one JSON line per log step, and an event row -- {"event": "rollback",
+...}, no loss -- per rollback) + tensorboard scalars + a one-line live status on rank 0 + RUN/loss.png at the end.
 
 Every rank calls `log` at the same steps (samples/s per rank is gathered from all of them).
 """
@@ -98,6 +98,12 @@ class MetricsLogger:
         self._status(row)
         return row
 
+    def event(self, row: dict) -> None:
+        """An event row (rank 0 writes it; every rank may call)."""
+        if self.rank == 0:
+            self.jsonl.write(json.dumps(dict(row, time=time.time())) + "\n")
+            self.jsonl.flush()
+
     def progress(self, row: dict) -> str:
         """'step 120/500 (24%) | epoch 1.20 | 2:01 elapsed, ETA 6:23': the ETA from this run's own pace."""
         step, done = row["step"], row["step"] - self.start_step
@@ -152,6 +158,7 @@ def loss_figure(run_dir: str):
         return None
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if "event" not in r]  # rollback events carry no loss
     if not rows:
         return None
     evals = periodic_eval(run_dir)

@@ -18,12 +18,14 @@ import torch
 
 from clipforge_base.atomic import write_atomic
 from clipforge_base.errors import UserFileNotFound
-from pretrain.checkpoint import CheckpointManager, PreemptionFlag, tag_for
+from pretrain.checkpoint import (EXIT_SAVE_FAILED, CheckpointDamaged, CheckpointManager, CheckpointSaveFailed,
+                                 PreemptionFlag, tag_for)
 from modeling.config import RunConfig, check_batch_split, save_config
 from pretrain.distributed import init_distributed
 from pretrain.engine import build_engine
 from pretrain.ema import EMAEvalCopy, ModelEMA
 from pretrain.export import export_model, frozen_fp32
+from pretrain.feed import DataFeed
 from pretrain.loss import build_loss
 from pretrain.metrics import MetricsLogger, eval_line
 from modeling.model import build_model
@@ -41,17 +43,6 @@ def stream_loader(cfg: RunConfig, dist, bundle, state: Optional[dict]):
                               text_store=bundle.text_store)
 
 
-def _epochs(loader):
-    """Epoch after epoch (each `for` over the loader is one epoch); stops if an epoch yields nothing."""
-    while True:
-        yielded = 0
-        for batch in loader:
-            yielded += 1
-            yield batch
-        if yielded == 0:
-            return
-
-
 def total_steps(cfg: RunConfig, loader) -> int:
     if cfg.train.steps is not None:
         return cfg.train.steps
@@ -67,13 +58,25 @@ def _seed_all(seed: int) -> None:
 
 
 def _resume_path(cfg: RunConfig, checkpoints: CheckpointManager) -> Optional[str]:
-    """None: fresh start. No --resume: auto-resume the run dir's latest (a requeued job continues)."""
+    """None: fresh start. No --resume: auto-resume the run dir's newest intact checkpoint (a requeued job
+    continues; a damaged latest is passed over with a warning). A named checkpoint must be intact."""
     resume = cfg.checkpoint.resume
     if resume is None or resume == "latest":
-        return checkpoints.latest_path()
+        path = checkpoints.intact_latest()
+        if path is None and checkpoints.latest_tag() is not None:
+            raise CheckpointDamaged(f"{checkpoints.dir}: no intact checkpoint (see the warnings above); give "
+                                    f"checkpoint.resume=PATH of a good copy, or a new train.run_dir")
+        return path
     if not os.path.isdir(resume):
         raise UserFileNotFound(f"checkpoint.resume={resume!r}: no such checkpoint folder")
+    checkpoints.check_intact(resume)
     return resume
+
+
+def _save_failed(err: CheckpointSaveFailed, rank: int) -> int:
+    if rank == 0:
+        print(f"stopping: {err} (exit {EXIT_SAVE_FAILED})", file=sys.stderr)
+    return EXIT_SAVE_FAILED
 
 
 def logged_eval(evaluator: Optional[Callable], cfg: RunConfig, engine, bundle, dist, writer,
@@ -132,7 +135,8 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     _seed_all(cfg.train.seed + rank)  # per-rank dropout / patch-dropout masks
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes,
                                     cfg.checkpoint.keep_last, rank)
-    state = {"step": 0, "samples_seen": 0, "nonfinite_total": 0, "nonfinite_consecutive": 0, "overflow_total": 0}
+    state = {"step": 0, "samples_seen": 0, "nonfinite_total": 0, "nonfinite_consecutive": 0, "overflow_total": 0,
+             "rollbacks": 0, "recent_losses": []}
     data_state = None
     ema = ModelEMA(engine, cfg.model.ema_decay) if cfg.model.ema_decay is not None else None
     if ema is not None:
@@ -141,7 +145,7 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     if path is not None:
         saved = checkpoints.load(engine, path)
         data_state = saved.pop("data", None)
-        state.update({k: saved.get(k, 0) for k in state})  # overflow_total: absent before it was counted
+        state.update({k: saved.get(k, v) for k, v in state.items()})  # a key absent before it was counted
         saved_ema = checkpoints.load_per_rank(path, "ema") if ema is not None else None
         if saved_ema is not None:
             ema.load_state_dict(saved_ema)
@@ -154,7 +158,8 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     # Before the loader forks its workers: they inherit the handler, so a SIGUSR1 sent to every process
     # of the job (scancel --signal=USR1) does not kill them.
     preempt = PreemptionFlag()
-    loader = data_factory(cfg, dist, bundle, data_state)
+    feed = DataFeed(lambda saved_data: data_factory(cfg, dist, bundle, saved_data), data_state)
+    loader = feed.loader
     total = total_steps(cfg, loader)
     if path is not None and state["step"] >= total:   # finished (epochs: known only now): no re-export
         if rank == 0:
@@ -173,13 +178,20 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
                       total_steps=total, mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
                       preempt=preempt, evaluate=evaluate, ema=ema)
-    code = train_loop(trainer, _epochs(loader), loader.state_dict, lambda: dict(loader.counters), state)
-    if code == 0 and evaluate is not None and not (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0):
-        evaluate(state["step"])  # the final model is always evaluated when there is a val set
-    metrics.close()
+    try:
+        code = train_loop(trainer, feed, state)
+        if code == 0 and evaluate is not None and not (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0):
+            evaluate(state["step"])  # the final model is always evaluated when there is a val set
+    except CheckpointSaveFailed as err:
+        code = _save_failed(err, rank)
+    finally:
+        metrics.close()
     if code == 0:
         if checkpoints.last_tag != tag_for(state["step"]):
-            checkpoints.save(engine, dict(state, data=loader.state_dict()))
+            try:
+                checkpoints.save(engine, dict(state, data=feed.state_dict()))
+            except CheckpointSaveFailed as err:
+                return _save_failed(err, rank)
         if cfg.checkpoint.export_at_end:
             export_model(engine, bundle.model_cfg, bundle.preprocess_cfg, run_dir, frozen=frozen)
             if ema is not None:

@@ -24,6 +24,7 @@ from modeling.config import RUN_INFO_KEY, ConfigError, RunConfig, load_config
 
 # Dotted keys (or prefixes ending in ".") that may differ between a run and its resumption.
 SAFE_CHANGES = ("train.steps", "train.samples", "train.epochs", "train.log_every", "train.max_nonfinite_steps",
+                "train.spike_factor", "train.spike_window", "train.max_rollbacks", "train.skip_batches_after_rollback",
                 "train.run_dir", "train.device", "optim.", "eval.", "checkpoint.", "data.workers", "data.prefetch",
                 "data.val_path", "model.grad_checkpointing", "model.text_cache", "model.ema_decay")
 # optim.* may change, but switching a tower's layer-wise lr decay on or off regroups its parameters (one

@@ -1,19 +1,22 @@
 """The train loop. Everything it needs is built by pretrain/run.py; this file is only the loop.
 
-Exit codes: 0 done, EXIT_PREEMPTED (75) checkpointed after SIGTERM/SIGUSR1, EXIT_NONFINITE (3) too
-many consecutive non-finite steps (the message names the last good checkpoint).
+Exit codes: 0 done, EXIT_PREEMPTED (75) checkpointed after SIGTERM/SIGUSR1, EXIT_NONFINITE (3) diverged
+(too many consecutive non-finite steps, or a loss spike) with no rollback left (the message names the last
+good checkpoint: pretrain/rollback.py). A failed checkpoint write raises CheckpointSaveFailed (run.py: 74).
 """
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint import EXIT_NONFINITE, EXIT_PREEMPTED, CheckpointManager, PreemptionFlag
+from pretrain.checkpoint import EXIT_PREEMPTED, CheckpointManager, PreemptionFlag
+from pretrain.feed import DataFeed
 from modeling.preprocess import images_to_input
 from pretrain.metrics import MetricsLogger
+from pretrain.rollback import DivergenceWatch, roll_back
 from pretrain.schedule import lr_factor, set_lr
 from pretrain.step import TextInput, train_step
 
@@ -55,15 +58,14 @@ def _agree(flags, device) -> list:
     return [bool(x) for x in t.tolist()]
 
 
-def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dict],
-               counters: Callable[[], Dict[str, int]], state: dict) -> int:
-    """state: trainer_state dict (step, samples_seen, nonfinite_total, nonfinite_consecutive, overflow_total),
-    updated in place."""
+def train_loop(t: Trainer, feed: DataFeed, state: dict) -> int:
+    """state: trainer_state dict (step, samples_seen, nonfinite_total, nonfinite_consecutive, overflow_total,
+    rollbacks, recent_losses), updated in place."""
     cfg, engine, rank = t.cfg, t.engine, dist.get_rank()
-    batches = iter(batches)
+    watch = DivergenceWatch(cfg.train, rank)
     while state["step"] < t.total_steps:
         t0 = time.perf_counter()
-        batch = next(batches, None)
+        batch = feed.next()
         wait = time.perf_counter() - t0
         if batch is None:
             break  # the data ran out before the step budget (epoch mode)
@@ -73,36 +75,26 @@ def train_loop(t: Trainer, batches: Iterable[dict], data_state: Callable[[], dic
                             t.accum, cfg)
         state["step"] += 1
         state["samples_seen"] += cfg.train.global_batch_size
-        if result.applied:
-            state["nonfinite_consecutive"] = 0
-            if t.ema is not None:
-                t.ema.update()
-        elif result.overflow:
-            state["overflow_total"] += 1
-        else:
-            state["nonfinite_total"] += 1
-            state["nonfinite_consecutive"] += 1
-            if rank == 0:
-                print(f"step {state['step']}: non-finite loss {result.loss} / grad norm {result.grad_norm}: "
-                      f"step skipped, weights unchanged ({state['nonfinite_total']} so far)", file=sys.stderr)
-            if state["nonfinite_consecutive"] >= cfg.train.max_nonfinite_steps:
-                if rank == 0:
-                    last = t.checkpoints.last_tag or "none (no checkpoint was saved)"
-                    print(f"stopping: {state['nonfinite_consecutive']} consecutive non-finite steps "
-                          f"(train.max_nonfinite_steps={cfg.train.max_nonfinite_steps}); last good checkpoint: "
-                          f"{last}; resume from it with a lower optim.lr or higher optim.warmup_steps", file=sys.stderr)
-                return EXIT_NONFINITE
+        diverged = watch.after_step(result, state)
+        if result.applied and t.ema is not None:
+            t.ema.update()
+        preempted, due, any_diverged = _agree([t.preempt.signum is not None, t.checkpoints.due(state["step"]),
+                                               diverged is not None], engine.device)
+        if any_diverged:
+            code = roll_back(t, feed, state, diverged)
+            if code is not None:
+                return code
+            continue
         t.metrics.add(batch["images"].shape[0], wait)
         if state["step"] % cfg.train.log_every == 0 or state["step"] == t.total_steps:
             t.metrics.log(state["step"], {"loss": result.loss, "lr": lr, "logit_scale": result.logit_scale,
                                           "grad_norm": result.grad_norm, "nonfinite_steps": state["nonfinite_total"],
                                           "loss_scale_overflows": state["overflow_total"]},
-                          counters())
+                          feed.counters())
         if t.evaluate is not None and cfg.eval.every_steps > 0 and state["step"] % cfg.eval.every_steps == 0:
             t.evaluate(state["step"])
-        preempted, due = _agree([t.preempt.signum is not None, t.checkpoints.due(state["step"])], engine.device)
         if preempted or due:
-            t.checkpoints.save(engine, dict(state, data=data_state()))
+            t.checkpoints.save(engine, dict(state, data=feed.state_dict()))
         if preempted:
             if rank == 0:
                 print(f"preempted: checkpoint {t.checkpoints.last_tag} written at step {state['step']}; "

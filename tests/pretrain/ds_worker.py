@@ -4,6 +4,8 @@
     torchrun --nproc_per_node=2 ds_worker.py parity OUT
     torchrun --nproc_per_node=2 ds_worker.py resume-a OUT   # uninterrupted + SIGTERM'd runs, stages 2, 3
     torchrun --nproc_per_node=2 ds_worker.py resume-b OUT   # the SIGTERM'd runs resumed in new processes
+    torchrun --nproc_per_node=2 ds_worker.py rollback OUT   # divergence -> rollback runs, a resume by hand,
+                                                            # and a checkpoint write failing on rank 1 only
 
 Each run writes OUT/<name>/ (metrics.jsonl, model.pt, ...); gradient / embedding probes go to OUT/*.pt.
 """
@@ -18,6 +20,7 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
+from storage_faults import failing_save  # noqa: E402
 from synthetic import SyntheticLoader, synthetic_factory  # noqa: E402
 
 import pretrain.deepspeed_fixes as fixes_module  # noqa: E402
@@ -113,6 +116,47 @@ def nan_grad_at(step: int):
     return wrap
 
 
+def spike_at(step: int, factor: float):
+    """Loss hook: the loss of the given step is multiplied by factor on rank 1 only (rank 0 sees no spike)."""
+    def wrap(loss_fn):
+        calls = {"n": 0}
+
+        def fn(*args):
+            calls["n"] += 1
+            loss = loss_fn(*args)
+            return loss * factor if calls["n"] == step and dist.get_rank() == 1 else loss
+        return fn
+    return wrap
+
+
+def skipping_factory(batches: int):
+    """Synthetic data resumed `batches` global batches past the checkpoint's position (a skip by hand)."""
+    def factory(cfg, info, bundle, state):
+        return synthetic_factory(cfg, info, bundle, dict(state, position=state["position"] + batches))
+    return factory
+
+
+def rollback_runs(out: str, codes: dict) -> None:
+    """Non-finite steps 3-4 -> rollback to step 2 (skipping its next 2 batches) -> finishes; the same resumed by
+    hand; non-finite again after the one rollback allowed -> exit 3; a spike on rank 1 only -> rollback. Then a
+    disk that fills on rank 1 only while DeepSpeed writes checkpoint 3 -> every rank stops with exit 74."""
+    diverge = ["train.max_nonfinite_steps=2", "train.max_rollbacks=1", "checkpoint.every_steps=2"]
+    codes["rb"] = run(config(out, "rb", 2, "fp32", 5, 8, *diverge), synthetic_factory, nan_at(3, 4))
+    codes["rb_by_hand"] = run(config(out, "rb_by_hand", 2, "fp32", 5, 8, "checkpoint.every_steps=2",
+                                     f"checkpoint.resume={out}/rb/checkpoints/step00000002"), skipping_factory(2))
+    codes["rb_exhausted"] = run(config(out, "rb_exhausted", 2, "fp32", 6, 8, *diverge), synthetic_factory,
+                                nan_at(3, 6))
+    codes["rb_spike"] = run(config(out, "rb_spike", 2, "fp32", 5, 8, *diverge, "train.spike_factor=3",
+                                   "train.spike_window=2", "train.skip_batches_after_rollback=1"),
+                            synthetic_factory, spike_at(4, 100.0))
+    real_save = torch.save
+    torch.save = failing_save(real_save, 3, rank=1)  # inside DeepSpeed's save of step 3, on rank 1 only
+    try:
+        codes["nospace"] = run(config(out, "nospace", 2, "fp32", 4, 8, "checkpoint.every_steps=1"), synthetic_factory)
+    finally:
+        torch.save = real_save
+
+
 def sigterm_at(step: int):
     """Loss hook: rank 0 receives a real SIGTERM during the given step (the handler only sets a flag)."""
     def wrap(loss_fn):
@@ -179,6 +223,8 @@ def main(mode: str, out: str) -> None:
             else:
                 codes[f"cut_z{stage}"] = run(config(out, f"cut_z{stage}", stage, "fp32", 5, 8, ema,
                                                     "checkpoint.resume=latest"), synthetic_factory)
+    elif mode == "rollback":
+        rollback_runs(out, codes)
     if dist.get_rank() == 0:
         with open(f"{out}/{mode}.codes", "w") as f:
             f.write(repr(codes))

@@ -8,7 +8,11 @@ group and sets RANK/WORLD_SIZE in os.environ, which must not leak into other tes
 SPEC: {"out": DIR, "runs": [{"name": str, "overrides": [dotted.key=value, ...],
                              "data": "synthetic" (tests/pretrain/synthetic.py) | "stream" (the real loader),
                              "clock_s_per_step": seconds (optional: pretrain.checkpoint's clock is a fake one
-                                                 that advances this much per loss call, i.e. per step)}]}
+                                                 that advances this much per loss call, i.e. per step),
+                             "damage": [{"file": path under DIR, "how": "flip" (one byte, mid-file) | "truncate"
+                                         (to half)}] (optional: done to existing files before the run),
+                             "enospc_at_write": k (optional: the k-th torch.save into a checkpoint being written
+                                                writes half its bytes, then raises OSError ENOSPC)}]}
 Each run writes DIR/<name>/ (metrics.jsonl, checkpoints/, ...) and DIR/<name>.json: exit code, the number of
 open_clip activation-checkpoint calls, and the sequence lengths the vision transformer saw in training mode.
 """
@@ -23,10 +27,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import open_clip.transformer  # noqa: E402
+import torch  # noqa: E402
 
 import pretrain.checkpoint  # noqa: E402
 from modeling.config import load_config  # noqa: E402
 from pretrain.run import run, stream_loader  # noqa: E402
+from storage_faults import damage, failing_save  # noqa: E402
 from synthetic import synthetic_factory  # noqa: E402
 
 TINY = os.path.join(REPO, "configs", "models", "tiny-vit.json")
@@ -77,9 +83,15 @@ def one_run(out: str, spec: dict) -> dict:
         factory = stream_loader if spec.get("data", "synthetic") == "stream" else synthetic_factory
         return factory(cfg_, dist, bundle, state)
 
+    for item in spec.get("damage", []):
+        damage(os.path.join(out, item["file"]), item["how"])
+    real_save = torch.save
+    if spec.get("enospc_at_write") is not None:
+        torch.save = failing_save(real_save, spec["enospc_at_write"])
     try:
         report["code"] = run(cfg, data_factory=marking_factory, loss_wrapper=loss_wrapper)
     finally:
+        torch.save = real_save
         open_clip.transformer.checkpoint = real_checkpoint
         open_clip.transformer.Transformer.forward = real_forward
         pretrain.checkpoint.time = real_time
