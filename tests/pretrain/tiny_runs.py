@@ -12,7 +12,8 @@ SPEC: {"out": DIR, "runs": [{"name": str, "overrides": [dotted.key=value, ...],
                              "damage": [{"file": path under DIR, "how": "flip" (one byte, mid-file) | "truncate"
                                          (to half)}] (optional: done to existing files before the run),
                              "enospc_at_write": k (optional: the k-th torch.save into a checkpoint being written
-                                                writes half its bytes, then raises OSError ENOSPC)}]}
+                                                writes half its bytes, then raises OSError ENOSPC),
+                             "nan_at_calls": [n, ...] (optional: those loss calls, counted from 1, return NaN)}]}
 Each run writes DIR/<name>/ (metrics.jsonl, checkpoints/, ...) and DIR/<name>.json: exit code, the number of
 open_clip activation-checkpoint calls, and the sequence lengths the vision transformer saw in training mode.
 """
@@ -63,11 +64,15 @@ def one_run(out: str, spec: dict) -> dict:
     if step_s is not None:
         pretrain.checkpoint.time = types.SimpleNamespace(monotonic=lambda: clock["now"])
 
+    calls = {"n": 0}
+
     def loss_wrapper(loss_fn):
         def fn(*args, **kwargs):
+            calls["n"] += 1
             if step_s is not None:
                 clock["now"] += step_s
-            return loss_fn(*args, **kwargs)
+            loss = loss_fn(*args, **kwargs)
+            return loss * float("nan") if calls["n"] in spec.get("nan_at_calls", []) else loss
         return fn
 
     real_forward = open_clip.transformer.Transformer.forward
