@@ -19,6 +19,7 @@ required from the converter); `index_tar` gives the byte offsets of every member
 streaming loader uses for random access. Member names are only ever dictionary keys, never
 file-system paths.
 """
+import io
 import json
 import os
 import re
@@ -130,6 +131,20 @@ def index_tar(path: str) -> TarIndex:
     if truncated and samples and partial_key in (None, samples[-1].key):
         samples.pop()  # some of its members may be the ones that were cut off
     return TarIndex(samples, truncated)
+
+
+# 2000-01-01 UTC: a fixed, plausible member timestamp (0 confuses some tar tools), so equal samples give
+# byte-identical shards.
+MEMBER_MTIME = 946684800
+
+
+def write_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """One member as every clipforge writer (convert, curate) stores it: fixed time, mode and owner."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), MEMBER_MTIME, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
 
 
 def read_member(f, span: Tuple[int, int]) -> bytes:

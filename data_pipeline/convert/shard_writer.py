@@ -16,11 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge_base.atomic import leftover_temporaries, write_atomic
-from data_pipeline.shards import shard_name
+from data_pipeline.shards import shard_name, write_member
 from .options import parquet_caption_column
 
-# 2000-01-01 UTC: a fixed, plausible timestamp (0 confuses some tar tools).
-MEMBER_MTIME = 946684800
 # "url" repeats "source" under img2dataset's name, so tooling written for its parquets reads ours as-is.
 PARQUET_COLUMNS = ("key", "source", "url", "caption", "status", "error_message", "width", "height",
                    "original_width", "original_height", "sha256")
@@ -28,14 +26,6 @@ PARQUET_COLUMNS = ("key", "source", "url", "caption", "status", "error_message",
 
 def stats_path(out_dir: str, index: int) -> str:
     return os.path.join(out_dir, f"{shard_name(index)}_stats.json")
-
-
-def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), MEMBER_MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
 
 
 def sample_json(result: dict) -> bytes:
@@ -51,13 +41,13 @@ def _tar_bytes(results: List[dict], extension: str, one_caption_per_txt: bool) -
         for result in results:
             if result["status"] != "success":
                 continue
-            _member(tar, f"{result['key']}.{extension}", result["data"])
+            write_member(tar, f"{result['key']}.{extension}", result["data"])
             # KEY.json always lists every caption; KEY.txt all of them, or only the first for open_clip's trainer.
             captions = result["captions"][:1] if one_caption_per_txt else result["captions"]
-            _member(tar, f"{result['key']}.txt", "\n".join(captions).encode("utf-8"))
+            write_member(tar, f"{result['key']}.txt", "\n".join(captions).encode("utf-8"))
             for name, lines in result["caption_sources"].items():  # further sources: KEY.NAME.txt, every line
-                _member(tar, f"{result['key']}.{name}", "\n".join(lines).encode("utf-8"))
-            _member(tar, f"{result['key']}.json", sample_json(result))
+                write_member(tar, f"{result['key']}.{name}", "\n".join(lines).encode("utf-8"))
+            write_member(tar, f"{result['key']}.json", sample_json(result))
     return buffer.getvalue()
 
 

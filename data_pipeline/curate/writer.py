@@ -12,8 +12,8 @@ import tarfile
 from typing import Dict, List, Optional
 
 from clipforge_base.atomic import write_atomic
-from data_pipeline.convert.shard_writer import MEMBER_MTIME, PARQUET_COLUMNS
-from data_pipeline.shards import shard_name
+from data_pipeline.convert.shard_writer import PARQUET_COLUMNS
+from data_pipeline.shards import shard_name, write_member
 from .filters import Fate
 from .options import CurateError
 from .samples import Sample
@@ -34,20 +34,12 @@ def check_out_dir(out_dir: str) -> None:
         raise CurateError(f"--out {out_dir}: cannot create the folder ({error.strerror}); give a writable path")
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), MEMBER_MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _tar_bytes(samples: List[Sample]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
             for extension, data in sample.members.items():
-                _add(tar, f"{sample.key}.{extension}", data)
+                write_member(tar, f"{sample.key}.{extension}", data)
     return buffer.getvalue()
 
 

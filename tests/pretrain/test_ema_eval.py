@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.convert import convert
-from data_pipeline.synthetic import make_synthetic_dataset
 from pretrain.checkpoint import tag_for
+
+from .synthetic_shards import synthetic_shards
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -23,12 +23,7 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    captions = make_synthetic_dataset(str(root / "raw"), num_train=64, num_val=32, size=64)
-    for split in ("train", "val"):
-        convert([str(captions)], str(root / split), image_size=64, samples_per_shard=32,
-                include_list=str(root / "raw" / "splits" / f"{split}.txt"), progress=False)
-    return root
+    return synthetic_shards(tmp_path_factory.mktemp("data"), num_val=32)
 
 
 def _train(tmp: Path, shards: Path, stage: int, precision: str) -> Path:
