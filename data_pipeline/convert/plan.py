@@ -36,14 +36,19 @@ def owned_by(shard_index: int, options: ConvertOptions) -> bool:
     return shard_index % options.num_nodes == options.node_rank
 
 
-def make_plan(items: List[Item], options: ConvertOptions) -> dict:
-    num_shards = -(-len(items) // options.samples_per_shard)
-    return {"num_items": len(items), "num_shards": num_shards, "input_digest": input_digest(items),
-            "options": options.content()}
-
-
 # A plan written before these options existed: what its shards were written with (opt-outs were not honoured).
 BEFORE_THE_OPTION = {"disallow_optout": True, "respect_robots": False}
+# Site opt-outs are read from http(s) responses: they cannot change what a conversion of local files writes.
+OPTOUT_KEYS = tuple(BEFORE_THE_OPTION)
+
+
+def make_plan(items: List[Item], options: ConvertOptions) -> dict:
+    num_shards = -(-len(items) // options.samples_per_shard)
+    content = options.content()
+    if not any(item.source.startswith(("http://", "https://")) for item in items):
+        content = {key: value for key, value in content.items() if key not in OPTOUT_KEYS}
+    return {"num_items": len(items), "num_shards": num_shards, "input_digest": input_digest(items),
+            "options": content}
 
 
 def in_current_terms(options: dict) -> dict:
@@ -63,7 +68,8 @@ def write_or_check_plan(out_dir: str, plan: dict) -> None:
     if existing is None:
         write_atomic(path, json.dumps(plan, indent=1, sort_keys=True, ensure_ascii=False))
         return
-    existing = {**existing, "options": in_current_terms(existing["options"])}
+    old = in_current_terms(existing["options"])  # opt-out keys: compared only where this plan downloads
+    existing = {**existing, "options": {k: v for k, v in old.items() if k in plan["options"] or k not in OPTOUT_KEYS}}
     if existing == plan:
         return
     differences = [key for key in plan["options"] if existing["options"].get(key) != plan["options"][key]]

@@ -154,11 +154,11 @@ def test_local_inputs_have_no_optout_line(tmp_path):
     assert summary["written"] == 1 and summary["opt_outs"] is None
 
 
-def test_a_conversion_begun_before_opt_outs_resumes_only_as_it_began(tmp_path):
+def test_a_conversion_begun_before_opt_outs_resumes_only_as_it_began(server, tmp_path):
     """Its plan lacks the opt-out options (its shards were written without the check) and holds --caption-col as
     one string: resuming it as it began works, resuming it with the check on is refused, naming the option."""
-    write(tmp_path / "a.jpg", jpeg(40, 30, seed=1))
-    write(tmp_path / "urls.txt", f"{(tmp_path / 'a.jpg').as_uri()}\ta local file\n".encode())
+    _, base = server()
+    write(tmp_path / "urls.txt", f"{base}/harmless.jpg\ta downloaded photo\n".encode())
     out = tmp_path / "out"
     convert([str(tmp_path / "urls.txt")], str(out), image_size=16, progress=False, caption_col="caption")
     plan = json.loads((out / "convert_plan.json").read_text())
@@ -172,3 +172,18 @@ def test_a_conversion_begun_before_opt_outs_resumes_only_as_it_began(tmp_path):
                       disallow_optout=True)
     assert summary["skipped_shards"] == 1 and summary["written"] == 1
     assert json.loads((out / "manifest.json").read_text())["caption_sources"] == ["txt"]
+
+
+def test_a_local_conversion_begun_before_opt_outs_resumes_as_it_is(tmp_path):
+    """Opt-outs cannot change what a conversion of local files writes: its plan from before the options
+    resumes with today's defaults (`make demo` re-run over an older runs/demo)."""
+    write(tmp_path / "a.jpg", jpeg(40, 30, seed=1))
+    write(tmp_path / "urls.txt", f"{(tmp_path / 'a.jpg').as_uri()}\ta local file\n".encode())
+    out = tmp_path / "out"
+    convert([str(tmp_path / "urls.txt")], str(out), image_size=16, progress=False)
+    plan = json.loads((out / "convert_plan.json").read_text())
+    assert not {"disallow_optout", "respect_robots"} & set(plan["options"])
+    plan["options"]["caption_col"] = None  # as a plan of before repeatable --caption-col held it
+    (out / "convert_plan.json").write_text(json.dumps(plan))
+    summary = convert([str(tmp_path / "urls.txt")], str(out), image_size=16, progress=False)
+    assert summary["skipped_shards"] == 1
