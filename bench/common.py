@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from clipforge_base.atomic import write_atomic  # noqa: F401  (bench scripts import it from here)
+from clipforge.atomic import write_atomic  # noqa: F401  (bench scripts import it from here)
 
 RESULT_KEYS = ("name", "peer", "metric", "clipforge", "peer_value", "ratio", "notes")
 

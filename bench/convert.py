@@ -66,7 +66,7 @@ def _timed(command, cwd: Path):
 
 
 def _clipforge(work: Path, out: Path, workers: int):
-    command = [sys.executable, "-m", "data_pipeline", "convert", str(work / "paths.csv"), "--out", str(out),
+    command = [sys.executable, "-m", "clipforge.data_pipeline", "convert", str(work / "paths.csv"), "--out", str(out),
                "--workers", str(workers), "--image-size", "256", "--resize-mode", "keep_ratio", "--quality", "95",
                "--no-progress", "--summary-json", str(out) + ".summary.json"]
     seconds, cpu = _timed(command, REPO)

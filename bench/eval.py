@@ -13,8 +13,8 @@ import time
 import torch
 
 from bench.common import PeakRSS, cli, result
-from eval.ranking import DEFAULT_TILE, RankCounter, best_captions, positive_scores
-from eval.retrieval import retrieval_metrics
+from clipforge.eval.ranking import DEFAULT_TILE, RankCounter, best_captions, positive_scores
+from clipforge.eval.retrieval import retrieval_metrics
 
 GB = 1e9
 

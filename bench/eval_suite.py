@@ -6,8 +6,8 @@ The tasks: configs/eval/demo.yaml's eight (demo retrieval, shape/colour zero-sho
 retrieval, digits zero-shot and probe) plus Flickr8k dev retrieval and retrieval over the demo's training
 shards. Data: `clipforge demo` (whose trained model is also the model evaluated unless the Flickr8k
 from-scratch recipe's export runs/flickr8k/scratch exists), scikit-learn's digits (python -m
-data_pipeline.digits) and the Flickr8k shards of `make flickr8k` when present (else those tasks are skipped,
-as the suite marks them). Each configuration runs as its own process tree (`python -m eval --suite`, under
+clipforge.data_pipeline.digits) and the Flickr8k shards of `make flickr8k` when present (else those tasks are skipped,
+as the suite marks them). Each configuration runs as its own process tree (`python -m clipforge.eval --suite`, under
 torch.distributed.run for 2 ranks); the 2-rank summary must equal the 1-rank one, or the bench fails.
 Writes the table into BENCHMARKS.md ("Eval suite") unless --quick or --no-write.
 """
@@ -44,10 +44,10 @@ def prepare(out: Path, quick: bool) -> Path:
     if not (root / "demo" / "run" / "export").is_dir():
         size = ["--train-images", "160", "--val-images", "8", "train.steps=2"] if quick else \
             ["--train-images", "1000", "--val-images", "500"]
-        subprocess.run([PY, "-m", "launch.cli", "demo", "--out", str(root / "demo"), "--nproc", "1", *size],
+        subprocess.run([PY, "-m", "clipforge.launch.cli", "demo", "--out", str(root / "demo"), "--nproc", "1", *size],
                        cwd=REPO, env=ENV, check=True, capture_output=True)
     if not (root / "digits").is_dir():
-        subprocess.run([PY, "-m", "data_pipeline.digits", str(root / "digits")], cwd=REPO, env=ENV, check=True,
+        subprocess.run([PY, "-m", "clipforge.data_pipeline.digits", str(root / "digits")], cwd=REPO, env=ENV, check=True,
                        capture_output=True)
     flickr = REPO / "runs" / "flickr8k"
     if not quick and (flickr / "shards-test").is_dir() and not (root / "flickr8k").exists():

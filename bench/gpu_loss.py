@@ -21,8 +21,8 @@ def naive_loss() -> Callable:
 
 def tiled_loss(tile: int) -> Callable:
     """clipforge's tiled InfoNCE exactly as the trainer builds it (loss.impl=tiled)."""
-    from modeling.config import LossConfig
-    from pretrain.loss import build_loss
+    from clipforge.modeling.config import LossConfig
+    from clipforge.pretrain.loss import build_loss
     return build_loss(LossConfig(impl="tiled", tile_size=tile), rank=0, world_size=1)
 
 

@@ -56,8 +56,8 @@ def _measure(epochs, run_epoch) -> dict:
 
 def child_clipforge(shards: str, epochs: int) -> dict:
     import open_clip
-    from data_pipeline.config import DataConfig, SourceConfig
-    from data_pipeline.stream import build_train_loader
+    from clipforge.data_pipeline.config import DataConfig, SourceConfig
+    from clipforge.data_pipeline.stream import build_train_loader
 
     cfg = DataConfig(sources=[SourceConfig(shards)], workers=1, prefetch=2)
     loader = build_train_loader(cfg, seed=0, global_batch_size=BATCH, rank=0, world_size=1, image_size=IMAGE_SIZE,
@@ -107,7 +107,7 @@ def _run_child(which: str, shards: str, epochs: int) -> dict:
 
 
 def make_shards(out_dir: str) -> str:
-    from data_pipeline.convert import convert
+    from clipforge.data_pipeline.convert import convert
 
     convert([str(FLICKR / "originals" / "captions.csv")], out_dir, image_size=256, samples_per_shard=50,
             workers=1, progress=False)

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import PeakRSS, cli, result
-from modeling.config import LossConfig
-from pretrain.loss import build_loss
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.loss import build_loss
 
 D = 512
 GIB = 2**30

@@ -5,7 +5,7 @@ from typing import Dict
 
 def model_config(name: str) -> Dict:
     """An open_clip config dict from a built-in name ("ViT-B-32") or a model-config JSON path."""
-    from modeling.model import ModelConfigError, resolve_model_config
+    from clipforge.modeling.model import ModelConfigError, resolve_model_config
     try:
         return resolve_model_config(name)
     except ModelConfigError as err:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Dict
 
 from bench.model_configs import model_config
-from modeling.flops import PEAK_BF16_FLOPS, TEXT_DEFAULTS, vision_tokens
+from clipforge.modeling.flops import PEAK_BF16_FLOPS, TEXT_DEFAULTS, vision_tokens
 
 GB = 1e9
 MODELS = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-g-14"]

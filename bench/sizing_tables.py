@@ -7,7 +7,7 @@ from bench.sizing_formulas import (A100_PEAK, ANCHOR_A100, GB, GPU_COUNTS, H100_
                                    LOADER_PER_CORE_SOURCE, MODELS, OPEN_CLIP_PER_CORE,
                                    activation_bytes_per_sample, loader_cores_per_gpu, loss_bytes,
                                    param_counts, shard_plan, zero_bytes)
-from modeling.flops import clip_flops
+from clipforge.modeling.flops import clip_flops
 
 RESERVE = 3 * GB   # CUDA context, allocator slack, DeepSpeed buckets: kept free when sizing batches
 EMBED = {m: model_config(m)["embed_dim"] for m in MODELS}

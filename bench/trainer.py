@@ -54,8 +54,8 @@ def _rate(times, batch, warmup):
 
 def _clipforge(model_name, batch, steps, warmup, stage, out):
     """out: a fresh run dir (an existing one would be resumed)."""
-    from modeling.config import load_config
-    from pretrain.run import run
+    from clipforge.modeling.config import load_config
+    from clipforge.pretrain.run import run
 
     holder = {}
 
@@ -77,7 +77,7 @@ def _peer(model_name, batch, steps, warmup):
     import torch
     import torch.distributed as dist
     from open_clip.loss import ClipLoss
-    from modeling.model import instantiate, resolve_model_config
+    from clipforge.modeling.model import instantiate, resolve_model_config
 
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -138,13 +138,13 @@ def _engine_bytes(engine) -> dict:
 
 
 def _state_bytes(model_name, stage, precision):
-    from modeling.config import load_config
-    from modeling.preprocess import images_to_input
-    from pretrain.distributed import init_distributed
-    from pretrain.engine import build_engine
-    from pretrain.loss import build_loss
-    from modeling.model import build_model
-    from pretrain.step import train_step
+    from clipforge.modeling.config import load_config
+    from clipforge.modeling.preprocess import images_to_input
+    from clipforge.pretrain.distributed import init_distributed
+    from clipforge.pretrain.engine import build_engine
+    from clipforge.pretrain.loss import build_loss
+    from clipforge.modeling.model import build_model
+    from clipforge.pretrain.step import train_step
 
     cfg = load_config(None, [f"model.name={model_name}", "data.sources=[{path: memory}]", "train.steps=1",
                              "train.global_batch_size=4", f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}"])
@@ -161,7 +161,7 @@ def _state_bytes(model_name, stage, precision):
 def worker(quick: bool, out: str, memory: str = None) -> None:
     """memory="STAGE,PRECISION": measure one engine (its own process, so its memory is freed after)."""
     import torch.distributed as dist
-    from pretrain.distributed import init_distributed
+    from clipforge.pretrain.distributed import init_distributed
 
     info = init_distributed("cpu")
     if memory is not None:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from clipforge_base.errors import UserError
+from clipforge.errors import UserError
 
 LOADER_MODES = ("epoch", "resampled")
 

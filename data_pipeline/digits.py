@@ -2,7 +2,7 @@
 0-9, a file inside the scikit-learn package: no download) written as a CLIP_benchmark webdataset dir, the
 layout `clipforge eval` (and CLIP_benchmark's `--dataset wds/... --dataset_root DIR`) reads as-is:
 
-    python -m data_pipeline.digits runs/digits            # [--size 64] [--test-fraction 0.2]
+    python -m clipforge.data_pipeline.digits runs/digits            # [--size 64] [--test-fraction 0.2]
 
     runs/digits/train/0.tar + nshards.txt   KEY.png (dark ink on white, SIZE px, nearest-neighbour) + KEY.cls
     runs/digits/test/0.tar  + nshards.txt   the last 359 (20 %) of load_digits' order; train: the first 1,438
@@ -20,8 +20,8 @@ import sys
 import tarfile
 from typing import Dict, List, Optional
 
-from clipforge_base.atomic import atomic_path
-from clipforge_base.errors import UserError
+from clipforge.atomic import atomic_path
+from clipforge.errors import UserError
 
 CLASSNAMES = [str(d) for d in range(10)]
 TEMPLATES = ["a photo of the number {c}.", "a photo of the digit {c}.", "a handwritten {c}.",
@@ -90,7 +90,7 @@ def _write(path: str, lines: List[str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_pipeline.digits", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m clipforge.data_pipeline.digits", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="folder to write (e.g. runs/digits)")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels (default 64; nearest-neighbour)")
@@ -99,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         counts = write_digits(args.out, args.size, args.test_fraction)
     except UserError as e:
-        print(f"python -m data_pipeline.digits: error: {e}", file=sys.stderr)
+        print(f"python -m clipforge.data_pipeline.digits: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: " + ", ".join(f"{n:,} {split}" for split, n in counts.items()) + ", 10 classes")
     return 0

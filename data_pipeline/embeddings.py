@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from clipforge_base.atomic import atomic_path, write_atomic
-from clipforge_base.errors import UserError
+from clipforge.atomic import atomic_path, write_atomic
+from clipforge.errors import UserError
 
 FORMAT = "clipforge-embeddings"
 VERSION = 1

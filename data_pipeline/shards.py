@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from braceexpand import braceexpand
 
-from clipforge_base.errors import UserError
+from clipforge.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 PRIMARY_CAPTIONS = "txt"  # KEY.txt: the caption source eval and every reader without caption weights use

@@ -14,8 +14,8 @@ import sys
 import tarfile
 from collections import defaultdict
 
-from clipforge_base.errors import UserError
-from data_pipeline.shards import IMAGE_EXTS, shard_parquet_name, split_member_name
+from clipforge.errors import UserError
+from clipforge.data_pipeline.shards import IMAGE_EXTS, shard_parquet_name, split_member_name
 
 SHARD_FIELDS = ("name", "bytes", "sha256", "samples")
 

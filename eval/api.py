@@ -15,16 +15,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from eval import classification
-from eval.datasets import eval_loader, open_eval_data, rank_share
-from eval.distributed import comm_for_world, rank_world
-from eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
-from eval.errors import EvalDataError
-from eval.ranking import DEFAULT_TILE
-from eval.retrieval import chance_levels, retrieval_metrics
-from modeling.eval_options import RECALL_K, EvalOptions
-from modeling.model import embed_dim, open_clip_module
-from modeling.preprocess import val_transform
+from clipforge.eval import classification
+from clipforge.eval.datasets import eval_loader, open_eval_data, rank_share
+from clipforge.eval.distributed import comm_for_world, rank_world
+from clipforge.eval.embed import Embedded, autocast_for, embed_batches, empty_like_dim
+from clipforge.eval.errors import EvalDataError
+from clipforge.eval.ranking import DEFAULT_TILE
+from clipforge.eval.retrieval import chance_levels, retrieval_metrics
+from clipforge.modeling.eval_options import RECALL_K, EvalOptions
+from clipforge.modeling.model import embed_dim, open_clip_module
+from clipforge.modeling.preprocess import val_transform
 
 
 @dataclass

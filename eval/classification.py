@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval.errors import EvalDataError
-from eval.retrieval import Comm
-from eval.templates import Templates, prompts_for
+from clipforge.eval.errors import EvalDataError
+from clipforge.eval.retrieval import Comm
+from clipforge.eval.templates import Templates, prompts_for
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import torch
 
-from clipforge_base.dataclass_cli import add_fields
-from modeling.eval_options import EvalOptions
+from clipforge.dataclass_cli import add_fields
+from clipforge.modeling.eval_options import EvalOptions
 
 EXAMPLES = """examples:
   # on what `clipforge demo` leaves in runs/demo/ (run/, shards-val/, raw/):
@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   clipforge eval --model runs/demo/run --all-checkpoints   # the trainer's own periodic eval, drawn
   clipforge eval --model model.pt --model-config configs/models/tiny-vit.json --data shards/ --task retrieval
   clipforge eval --model ViT-B-32 --pretrained weights.pt --data shards/ --task retrieval
-  torchrun --nproc_per_node 8 -m eval --model RUN --data shards/ --task retrieval   # every rank embeds a share
+  torchrun --nproc_per_node 8 -m clipforge.eval --model RUN --data shards/ --task retrieval   # every rank embeds a share
 
 CLIP_benchmark spellings also accepted: --task zeroshot_retrieval|zeroshot_classification, --recall_k 1 5 10,
 --output FILE, --dataset_root DIR, --batch_size N, --num_workers N.
@@ -153,8 +153,8 @@ def _quiet(enabled: bool):
 
 def runtime(args, device_flag: str):
     """The device / precision / batch settings every task of this process shares."""
-    from eval.distributed import rank_world
-    from eval.tasks import Runtime
+    from clipforge.eval.distributed import rank_world
+    from clipforge.eval.tasks import Runtime
     device = "cuda" if device_flag == "auto" and torch.cuda.is_available() else \
         ("cpu" if device_flag == "auto" else device_flag)
     if device == "cuda" and rank_world()[1] > 1:
@@ -165,8 +165,8 @@ def runtime(args, device_flag: str):
 
 
 def task_spec(args):
-    from eval.probe import ProbeConfig
-    from eval.tasks import TaskSpec
+    from clipforge.eval.probe import ProbeConfig
+    from clipforge.eval.tasks import TaskSpec
     probe = ProbeConfig(lr=args.fewshot_lr, epochs=args.fewshot_epochs, batch_size=args.batch_size, seed=args.seed,
                         fewshot_k=args.fewshot_k)
     return TaskSpec(task=args.task, data=args.data, name=args.dataset_name, split=args.split, recall_k=args.recall_k,
@@ -176,12 +176,12 @@ def task_spec(args):
 
 
 def _run(args) -> int:
-    from eval import report
-    from eval.distributed import comm_for_world, init_from_env, rank_world
-    from eval.load_model import load_model
-    from eval.tasks import cleanup, run_task
+    from clipforge.eval import report
+    from clipforge.eval.distributed import comm_for_world, init_from_env, rank_world
+    from clipforge.eval.load_model import load_model
+    from clipforge.eval.tasks import cleanup, run_task
 
-    from eval.curve import run_curve
+    from clipforge.eval.curve import run_curve
 
     init_from_env()
     rank, world = rank_world()
@@ -220,10 +220,10 @@ def _run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    from clipforge_base.errors import UserError
+    from clipforge.errors import UserError
     try:
         if args.suite:
-            from eval.suite import run_suite_cli
+            from clipforge.eval.suite import run_suite_cli
             return run_suite_cli(args)
         return _run(args)
     except UserError as e:  # anything else is a bug: its traceback, exit 1

@@ -12,8 +12,8 @@ import os
 import re
 from typing import Dict, List, Tuple
 
-from eval.errors import EvalDataError
-from modeling.eval_results import periodic_eval
+from clipforge.eval.errors import EvalDataError
+from clipforge.modeling.eval_results import periodic_eval
 
 STEP = re.compile(r"step(\d+)$")
 Curve = List[Tuple[int, Dict[str, float]]]
@@ -39,7 +39,7 @@ def write_curve(curve: Curve, out_dir: str, title: str) -> Tuple[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clipforge_base.atomic import atomic_path
+    from clipforge.atomic import atomic_path
     os.makedirs(out_dir, exist_ok=True)
     keys = sorted({k for _, metrics in curve for k in metrics})
     csv_path, png_path = os.path.join(out_dir, "curve.csv"), os.path.join(out_dir, "curve.png")
@@ -71,7 +71,7 @@ def evaluate_checkpoints(args, evaluate_one) -> Curve:
 
 
 def run_curve(args, evaluate_one) -> int:
-    from eval.distributed import rank_world
+    from clipforge.eval.distributed import rank_world
     args.curve_dir = args.out_dir or os.path.join(args.model, "eval", "curve")
     if args.data:
         curve = evaluate_checkpoints(args, evaluate_one)

@@ -20,9 +20,9 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from PIL import Image
 
-from data_pipeline.shards import ShardError, ShardSet, decode_sample, index_tar, open_shards, read_member
-from eval.errors import EvalDataError  # noqa: F401  (raised here; importable from here too)
-from eval.folders import FolderRange, ImageFolderSet
+from clipforge.data_pipeline.shards import ShardError, ShardSet, decode_sample, index_tar, open_shards, read_member
+from clipforge.eval.errors import EvalDataError  # noqa: F401  (raised here; importable from here too)
+from clipforge.eval.folders import FolderRange, ImageFolderSet
 
 
 def _is_shard_spec(spec: str) -> bool:
@@ -43,8 +43,8 @@ def open_eval_data(spec: str, convert_dir: Optional[str] = None, image_size: int
         if convert_dir is None:
             raise EvalDataError(f"{spec}: not a shard dataset (no manifest.json / sizes.json); convert it with "
                                 "`clipforge convert` or let `clipforge eval --data` convert it")
-        from data_pipeline.convert.api import convert
-        from data_pipeline.convert.options import ConvertError
+        from clipforge.data_pipeline.convert.api import convert
+        from clipforge.data_pipeline.convert.options import ConvertError
         try:
             summary = convert([spec], convert_dir, image_size=image_size, progress=False)
         except ConvertError as e:

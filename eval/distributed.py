@@ -10,7 +10,7 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-from eval.retrieval import Comm
+from clipforge.eval.retrieval import Comm
 
 
 def init_from_env() -> bool:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from eval.errors import EvalOptionError
+from clipforge.eval.errors import EvalOptionError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

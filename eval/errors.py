@@ -1,5 +1,5 @@
-"""eval's user-facing errors (clipforge_base.errors.UserError: `clipforge eval` prints one line, exit 2)."""
-from clipforge_base.errors import UserError
+"""eval's user-facing errors (clipforge.errors.UserError: `clipforge eval` prints one line, exit 2)."""
+from clipforge.errors import UserError
 
 
 class EvalDataError(UserError, ValueError):

@@ -18,16 +18,16 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from clipforge_base.atomic import atomic_path
-from eval.api import EvalRun, is_index, classnames_from, embed_share, gather_skips, label_indices
-from modeling.model import open_clip_module
-from eval.classification import chance_levels
-from eval.distributed import comm_for_world, rank_world
-from eval.embed import Embedded
-from eval.folders import ImageFolderSet
-from eval.probe import ProbeConfig, linear_probe
-from eval.retrieval import Comm
-from eval.sources import EvalSource
+from clipforge.atomic import atomic_path
+from clipforge.eval.api import EvalRun, is_index, classnames_from, embed_share, gather_skips, label_indices
+from clipforge.modeling.model import open_clip_module
+from clipforge.eval.classification import chance_levels
+from clipforge.eval.distributed import comm_for_world, rank_world
+from clipforge.eval.embed import Embedded
+from clipforge.eval.folders import ImageFolderSet
+from clipforge.eval.probe import ProbeConfig, linear_probe
+from clipforge.eval.retrieval import Comm
+from clipforge.eval.sources import EvalSource
 
 
 def model_fingerprint(model) -> str:

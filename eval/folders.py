@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from eval.errors import EvalDataError
+from clipforge.eval.errors import EvalDataError
 
 
 @dataclass

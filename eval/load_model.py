@@ -18,10 +18,10 @@ from typing import Any, Callable, Dict, Optional
 import open_clip
 import torch
 
-from clipforge_base.errors import UserError
-from modeling.config import load_config
-from modeling.model import final_model_config, instantiate, open_clip_state_dict, resolve_model_config, tokenizer_for
-from modeling.preprocess import preprocess_config, val_transform
+from clipforge.errors import UserError
+from clipforge.modeling.config import load_config
+from clipforge.modeling.model import final_model_config, instantiate, open_clip_state_dict, resolve_model_config, tokenizer_for
+from clipforge.modeling.preprocess import preprocess_config, val_transform
 
 
 class ModelLoadError(UserError, ValueError):

@@ -11,8 +11,8 @@ into RUN/eval/stepN.json, tensorboard and the log.
 """
 from typing import Any, Callable, Dict, Optional
 
-from modeling.config import RunConfig
-from modeling.model import ModelBundle
+from clipforge.modeling.config import RunConfig
+from clipforge.modeling.model import ModelBundle
 
 Evaluate = Callable[[int], Dict[str, Any]]
 
@@ -23,8 +23,8 @@ def retrieval_evaluator(cfg: RunConfig, model, bundle: ModelBundle, device) -> O
     engine (or anything modeling.model.open_clip_module unwraps)."""
     if not cfg.data.val_path:
         return None
-    from eval.api import run_retrieval
-    from eval.report import result_json
+    from clipforge.eval.api import run_retrieval
+    from clipforge.eval.report import result_json
 
     def evaluate(step: int) -> Dict[str, Any]:
         result = run_retrieval(model, bundle.tokenizer, bundle.preprocess_cfg, cfg.data.val_path,

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval.classification import check_labels, metrics_from_ranks, ranks_from_logits
-from eval.errors import EvalDataError
+from clipforge.eval.classification import check_labels, metrics_from_ranks, ranks_from_logits
+from clipforge.eval.errors import EvalDataError
 
 # np.logspace, not torch: the exact float64 values CLIP_benchmark tries (and reports as weight_decay).
 WD_GRID: List[float] = np.logspace(-6, 2, num=97).tolist()

@@ -17,9 +17,9 @@ from typing import Dict, List
 import torch
 from PIL import Image
 
-from clipforge_base.atomic import write_atomic
-from data_pipeline.shards import ShardSet, decode_sample, index_tar
-from eval.ranking import tile_scores
+from clipforge.atomic import write_atomic
+from clipforge.data_pipeline.shards import ShardSet, decode_sample, index_tar
+from clipforge.eval.ranking import tile_scores
 
 
 def _fmt(x) -> str:

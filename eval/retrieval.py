@@ -25,8 +25,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from eval.errors import EvalOptionError
-from eval.ranking import DEFAULT_TILE, RankCounter, best_captions, positive_scores
+from clipforge.eval.errors import EvalOptionError
+from clipforge.eval.ranking import DEFAULT_TILE, RankCounter, best_captions, positive_scores
 
 
 class Comm:

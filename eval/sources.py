@@ -20,10 +20,10 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
-from data_pipeline.shards import Shard, ShardSet, index_tar
-from eval.datasets import EvalDataError, _is_shard_spec, open_eval_data
-from eval.folders import ImageFolderSet, looks_like_image_folder, open_image_folder
-from eval.templates import _normalise
+from clipforge.data_pipeline.shards import Shard, ShardSet, index_tar
+from clipforge.eval.datasets import EvalDataError, _is_shard_spec, open_eval_data
+from clipforge.eval.folders import ImageFolderSet, looks_like_image_folder, open_image_folder
+from clipforge.eval.templates import _normalise
 
 
 @dataclass

@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from clipforge_base.errors import UserError
-from eval.probe import ProbeConfig
-from eval.tasks import TaskSpec
+from clipforge.errors import UserError
+from clipforge.eval.probe import ProbeConfig
+from clipforge.eval.tasks import TaskSpec
 
 HEADLINE = {"retrieval": "mean_recall@1", "classification": "acc1", "linear_probe": "acc1"}
 SPEC_KEYS = {f.name for f in dataclasses.fields(TaskSpec)} - {"probe", "name"}
@@ -165,11 +165,11 @@ def write_summary(out_dir: str, rows: List[List[str]], tasks: List[SuiteTask] = 
 
 
 def run_suite_cli(args) -> int:
-    from eval import report
-    from eval.cli import _quiet, runtime
-    from eval.distributed import init_from_env, rank_world
-    from eval.load_model import load_model
-    from eval.tasks import cleanup, run_task
+    from clipforge.eval import report
+    from clipforge.eval.cli import _quiet, runtime
+    from clipforge.eval.distributed import init_from_env, rank_world
+    from clipforge.eval.load_model import load_model
+    from clipforge.eval.tasks import cleanup, run_task
     tasks, doc = load_suite(args.suite, args.data_root)
     out_dir = args.out_dir or doc.get("out_dir") or "eval-suite"
     init_from_env()

@@ -16,14 +16,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from eval import api
-from eval.distributed import comm_for_world, rank_world
-from eval.errors import EvalOptionError
-from eval.features import run_linear_probe
-from eval.probe import ProbeConfig
-from eval.sources import EvalSource, open_source
-from eval.templates import DEFAULT_TEMPLATES, load_classnames, load_templates
-from modeling.eval_options import RECALL_K, EvalOptions
+from clipforge.eval import api
+from clipforge.eval.distributed import comm_for_world, rank_world
+from clipforge.eval.errors import EvalOptionError
+from clipforge.eval.features import run_linear_probe
+from clipforge.eval.probe import ProbeConfig
+from clipforge.eval.sources import EvalSource, open_source
+from clipforge.eval.templates import DEFAULT_TEMPLATES, load_classnames, load_templates
+from clipforge.modeling.eval_options import RECALL_K, EvalOptions
 
 TASKS = ("retrieval", "classification", "linear_probe")
 # CLIP_benchmark's names for the same tasks.

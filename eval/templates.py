@@ -11,7 +11,7 @@ import json
 import os
 from typing import Dict, List, Union
 
-from clipforge_base.errors import UserError
+from clipforge.errors import UserError
 
 # The built-in sets (prompt text from the CLIP paper's released notebooks).
 BUILTIN: Dict[str, List[str]] = {

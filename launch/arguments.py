@@ -2,7 +2,7 @@
 slurm_jobs.py): the examples their --help ends with, and the slurm resource flags -> SlurmOptions."""
 import argparse
 
-from launch.slurm import SlurmOptions
+from clipforge.launch.slurm import SlurmOptions
 
 EXAMPLES = """examples:
   # after `clipforge demo` (it writes runs/demo/shards-train); train.steps replaces the file's train.epochs:

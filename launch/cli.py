@@ -5,14 +5,14 @@ import sys
 
 # command -> (module with main(argv) -> int, one-line summary)
 COMMANDS = {
-    "convert": ("data_pipeline.convert.cli", "raw images + captions (folder, tables, COCO/Flickr json, URLs) -> tar shards"),
-    "verify": ("data_pipeline.verify", "re-read a shard dataset and check it against its manifest"),
-    "curate": ("data_pipeline.curate.cli", "filter a shard dataset (words, size, lists, scores, near-duplicates) -> a new one"),
-    "pretrain": ("pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
-    "launch": ("launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
-    "eval": ("eval.cli", "zero-shot retrieval / classification, linear probe, suites; CLIP_benchmark JSON"),
-    "export": ("modeling.soup", "WiSE-FT interpolation / model soups of open_clip exports -> a new local-dir"),
-    "demo": ("launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),
+    "convert": ("clipforge.data_pipeline.convert.cli", "raw images + captions (folder, tables, COCO/Flickr json, URLs) -> tar shards"),
+    "verify": ("clipforge.data_pipeline.verify", "re-read a shard dataset and check it against its manifest"),
+    "curate": ("clipforge.data_pipeline.curate.cli", "filter a shard dataset (words, size, lists, scores, near-duplicates) -> a new one"),
+    "pretrain": ("clipforge.pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
+    "launch": ("clipforge.launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
+    "eval": ("clipforge.eval.cli", "zero-shot retrieval / classification, linear probe, suites; CLIP_benchmark JSON"),
+    "export": ("clipforge.modeling.soup", "WiSE-FT interpolation / model soups of open_clip exports -> a new local-dir"),
+    "demo": ("clipforge.launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),
 }
 
 USAGE = """usage: clipforge <command> [options]   (clipforge --version)
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         print(USAGE.format(commands=lines))
         return 0
     if argv[0] in ("-V", "--version"):
-        from pretrain.rundir import clipforge_version, git_commit
+        from clipforge.pretrain.rundir import clipforge_version, git_commit
         commit = git_commit()
         print(f"clipforge {clipforge_version()}" + (f" (git {commit})" if commit else ""))
         return 0

@@ -2,7 +2,7 @@
 
 Imports no torch or deepspeed (login nodes have neither): the config, its paths and the run dir are
 checked with the torch-free `modeling.config` / `pretrain.preflight` / `pretrain.rundir` before anything
-is spawned or submitted; the ranks run under `python -m pretrain.torchrun` (torchrun) in a child.
+is spawned or submitted; the ranks run under `python -m clipforge.pretrain.torchrun` (torchrun) in a child.
 """
 import argparse
 import os
@@ -13,15 +13,15 @@ import subprocess
 import sys
 from typing import List, Optional
 
-from clipforge_base.errors import UserError
-from launch import slurm_jobs
-from launch.arguments import EXAMPLES, add_slurm_args, slurm_options
-from launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
-from launch.slurm import TrainJob, render_train_script, submit, write_script
-from launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
-from modeling.config import ConfigError, RunConfig, check_batch_split, load_config
-from pretrain.preflight import preflight, unknown_flag_message
-from pretrain.rundir import already_done, check_resume, describe, finished, target_steps
+from clipforge.errors import UserError
+from clipforge.launch import slurm_jobs
+from clipforge.launch.arguments import EXAMPLES, add_slurm_args, slurm_options
+from clipforge.launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
+from clipforge.launch.slurm import TrainJob, render_train_script, submit, write_script
+from clipforge.launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
+from clipforge.modeling.config import ConfigError, RunConfig, check_batch_split, load_config
+from clipforge.pretrain.preflight import preflight, unknown_flag_message
+from clipforge.pretrain.rundir import already_done, check_resume, describe, finished, target_steps
 
 USAGE = """usage: clipforge launch local|slurm --config FILE [options] [dotted.key=value ...]
 

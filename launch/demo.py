@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from data_pipeline.synthetic import make_synthetic_dataset
+from clipforge.data_pipeline.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo-cpu.yaml"

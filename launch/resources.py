@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from typing import Mapping, Optional
 
-from launch.torchrun import LaunchError
+from clipforge.launch.torchrun import LaunchError
 
 
 def visible_gpus(env: Mapping[str, str] = os.environ) -> int:

@@ -12,10 +12,10 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from launch import sbatch_templates
-from launch.torchrun import FORWARDED_SIGNALS, LaunchError
+from clipforge.launch import sbatch_templates
+from clipforge.launch.torchrun import FORWARDED_SIGNALS, LaunchError
 
-from clipforge_base.atomic import write_atomic
+from clipforge.atomic import write_atomic
 
 # minutes | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS (sbatch --time formats)
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
@@ -134,7 +134,7 @@ class TrainJob:
 def _rank_command(job: TrainJob) -> str:
     """The srun line (continued over several lines); `"${resume[@]}"` is filled in at run time."""
     opts = job.opts
-    words = [q(a, "argument") for a in ["-m", "pretrain", "--config", job.config]]
+    words = [q(a, "argument") for a in ["-m", "clipforge.pretrain", "--config", job.config]]
     words += [q(o, "override") for o in job.overrides]
     tail = " ".join(words + ['"${resume[@]}"'])
     if job.launcher == "torchrun":

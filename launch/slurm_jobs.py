@@ -7,10 +7,10 @@ import shlex
 import sys
 from typing import List
 
-from clipforge_base.errors import UserError
-from launch.arguments import EXAMPLES, add_slurm_args, slurm_options
-from launch.slurm import SlurmOptions, q, sbatch_header, env_exports, submit, write_script
-from launch.torchrun import LaunchError
+from clipforge.errors import UserError
+from clipforge.launch.arguments import EXAMPLES, add_slurm_args, slurm_options
+from clipforge.launch.slurm import SlurmOptions, q, sbatch_header, env_exports, submit, write_script
+from clipforge.launch.torchrun import LaunchError
 
 HEADER = """#!/bin/bash
 # Written by `clipforge launch slurm {kind}`. Self-contained: `sbatch {script}` submits it again.
@@ -45,7 +45,7 @@ def _parser(kind: str) -> argparse.ArgumentParser:
 
 
 def _clipforge(python: str, command: str, args: List[str]) -> str:
-    return " ".join([q(python, "--python"), "-m", "launch.cli", command] + [q(a, "argument") for a in args])
+    return " ".join([q(python, "--python"), "-m", "clipforge.launch.cli", command] + [q(a, "argument") for a in args])
 
 
 def convert_scripts(opts: SlurmOptions, parts: int, out: str, job_dir: str, workdir: str, convert_args: List[str]):
@@ -92,7 +92,7 @@ def eval_script(opts: SlurmOptions, job_dir: str, workdir: str, eval_args: List[
         f"--nproc-per-node={opts.ranks_per_node} \\\n"
         "    --nnodes=\"$SLURM_JOB_NUM_NODES\" --rdzv-backend=c10d --rdzv-id=\"$SLURM_JOB_ID\" "
         "--rdzv-endpoint=\"$MASTER_ADDR:$MASTER_PORT\" \\\n"
-        f"    -m eval {args}\n")
+        f"    -m clipforge.eval {args}\n")
 
 
 def main(argv: List[str]) -> int:

@@ -1,6 +1,6 @@
 """torchrun command lines for `clipforge launch local` (and the per-node part of a slurm job).
 
-torchrun is run as `python -m pretrain.torchrun` (= `python -m torch.distributed.run`, plus one-line
+torchrun is run as `python -m clipforge.pretrain.torchrun` (= `python -m torch.distributed.run`, plus one-line
 user errors) with the interpreter that has torch, so launch itself never imports torch (login nodes)
 and no `torchrun` needs to be on PATH.
 """
@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from clipforge_base.errors import UserError
+from clipforge.errors import UserError
 
 # torchrun forwards these to the workers (SIGUSR1 added: slurm's warning signal before the time
 # limit; the trainer checkpoints on it). The default list lacks SIGUSR1, and an unhandled
@@ -49,7 +49,7 @@ def torchrun_args(nproc: int, rdzv: Rendezvous, shutdown_timeout: int = 30) -> L
     pretrain.torchrun: torchrun itself, except that a rank's user error ends the run in its one line."""
     if nproc < 1:
         raise LaunchError(f"--nproc {nproc}: must be >= 1")
-    args = ["-m", "pretrain.torchrun", f"--nproc-per-node={nproc}",
+    args = ["-m", "clipforge.pretrain.torchrun", f"--nproc-per-node={nproc}",
             f"--signals-to-handle={FORWARDED_SIGNALS}", f"--shutdown-timeout={shutdown_timeout}"]
     if rdzv.nnodes == 1 and rdzv.endpoint is None:
         # torchrun binds its rendezvous store to port 0: the OS picks a free port, no race.
@@ -72,8 +72,8 @@ def torchrun_args(nproc: int, rdzv: Rendezvous, shutdown_timeout: int = 30) -> L
 
 
 def pretrain_args(config: str, overrides: Sequence[str]) -> List[str]:
-    """What every rank runs: `python -m pretrain --config F overrides...`."""
-    return ["-m", "pretrain", "--config", config, *overrides]
+    """What every rank runs: `python -m clipforge.pretrain --config F overrides...`."""
+    return ["-m", "clipforge.pretrain", "--config", config, *overrides]
 
 
 def local_env(base: Dict[str, str], nproc: int, device: str, cpu_count: Optional[int] = None) -> Dict[str, str]:

@@ -13,10 +13,10 @@ from typing import List, Optional, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipforge_base.atomic import write_atomic
-from data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
-from modeling.config_checks import RUN_LENGTH_KEYS, ConfigError, validate
-from modeling.eval_options import EvalConfig
+from clipforge.atomic import write_atomic
+from clipforge.data_pipeline.config import DataConfig, SourceConfig  # noqa: F401  (re-exported for users)
+from clipforge.modeling.config_checks import RUN_LENGTH_KEYS, ConfigError, validate
+from clipforge.modeling.eval_options import EvalConfig
 
 
 @dataclass
@@ -122,7 +122,7 @@ RUN_INFO_KEY = "run_info"
 @dataclass
 class DeepSpeedConfig:
     zero_stage: int = 2  # 0-3
-    precision: str = "bf16"  # fp32, bf16 or fp16
+    precision: str = "bf16"  # fp32, bf16, fp16 or auto (pretrain/precision.py: bf16 only where the device computes it)
     offload_optimizer: bool = False
     offload_param: bool = False
     reduce_bucket_size: int = 500_000_000

@@ -5,7 +5,7 @@ every error is one line naming the key(s) and the fix, raised as ConfigError bef
 import os
 from typing import Sequence
 
-from clipforge_base.errors import UserError
+from clipforge.errors import UserError
 
 LOSS_KINDS = ("infonce", "siglip")
 LOSS_IMPLS = ("naive", "tiled")
@@ -13,7 +13,7 @@ SCHEDULES = ("cosine", "constant", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 RUN_LENGTH_KEYS = ("steps", "samples", "epochs")
 ZERO_STAGES = (0, 1, 2, 3)
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(UserError, ValueError):

@@ -8,7 +8,7 @@ same fields, with the same names, defaults and help.
 from dataclasses import dataclass
 from typing import List
 
-from clipforge_base.dataclass_cli import option
+from clipforge.dataclass_cli import option
 
 RECALL_K = [1, 5, 10]   # CLIP_benchmark's default
 

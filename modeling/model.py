@@ -19,9 +19,9 @@ from open_clip.model import CLIP, CustomTextCLIP
 from torch import nn
 from torch.nn import functional as F
 
-from clipforge_base.errors import UserError
-from modeling.config import LossConfig, ModelConfig
-from modeling.preprocess import preprocess_config
+from clipforge.errors import UserError
+from clipforge.modeling.config import LossConfig, ModelConfig
+from clipforge.modeling.preprocess import preprocess_config
 
 
 class ModelConfigError(UserError, ValueError):

@@ -18,8 +18,8 @@ import shutil
 import sys
 from typing import Dict, List, Sequence, Tuple
 
-from clipforge_base.atomic import atomic_path, write_atomic
-from clipforge_base.errors import UserError
+from clipforge.atomic import atomic_path, write_atomic
+from clipforge.errors import UserError
 
 WEIGHTS, CONFIG = "open_clip_model.safetensors", "open_clip_config.json"
 

@@ -1,7 +1,7 @@
-"""`python -m pretrain --config FILE [dotted.key=value ...]` (= `clipforge pretrain`)."""
+"""`python -m clipforge.pretrain --config FILE [dotted.key=value ...]` (= `clipforge pretrain`)."""
 import sys
 
-from pretrain.cli import main
+from clipforge.pretrain.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from clipforge_base.atomic import write_atomic
-from clipforge_base.errors import UserError, UserFileNotFound
-from pretrain.checkpoint_integrity import newest_intact, problem, write_checksums
+from clipforge.atomic import write_atomic
+from clipforge.errors import UserError, UserFileNotFound
+from clipforge.pretrain.checkpoint_integrity import newest_intact, problem, write_checksums
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
 EXIT_NONFINITE = 3  # too many consecutive non-finite steps; resume from the named checkpoint with a lower lr

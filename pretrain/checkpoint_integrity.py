@@ -15,7 +15,7 @@ import os
 import time
 from typing import Dict, List, Optional, Tuple
 
-from clipforge_base.atomic import write_atomic
+from clipforge.atomic import write_atomic
 
 CHECKSUMS = "checksums.json"
 _CHUNK = 1 << 22  # 4 MiB reads: hashlib's throughput, without holding a file in memory

@@ -1,4 +1,4 @@
-"""`clipforge pretrain` / `python -m pretrain`: train one rank (run under torchrun or srun; alone it is a
+"""`clipforge pretrain` / `python -m clipforge.pretrain`: train one rank (run under torchrun or srun; alone it is a
 world of one). Exit codes: 0 done, 2 bad config, 3 too many non-finite steps, 75 preempted (a
 checkpoint was written after SIGTERM/SIGUSR1: requeue the job and it resumes from `latest`)."""
 import argparse
@@ -6,14 +6,14 @@ import os
 import sys
 from typing import List, Optional
 
-from clipforge_base.errors import UserError
-from modeling.config import load_config
-from pretrain.preflight import preflight, unknown_flag_message
-from pretrain.rundir import already_done, check_resume, describe, finished, run_info, target_steps
+from clipforge.errors import UserError
+from clipforge.modeling.config import load_config
+from clipforge.pretrain.preflight import preflight, unknown_flag_message
+from clipforge.pretrain.rundir import already_done, check_resume, describe, finished, run_info, target_steps
 
 EPILOG = """examples:
   clipforge pretrain --config configs/demo-cpu.yaml train.run_dir=runs/zero3 deepspeed.zero_stage=3 train.steps=50
-  torchrun --standalone --nproc_per_node=2 -m pretrain --config configs/demo-cpu.yaml train.steps=50
+  torchrun --standalone --nproc_per_node=2 -m clipforge.pretrain --config configs/demo-cpu.yaml train.steps=50
   clipforge pretrain --config configs/demo-cpu.yaml --resume latest train.steps=200 optim.lr=1e-4
 
 A run-length override (train.steps, train.samples or train.epochs) replaces the config file's run length.
@@ -24,7 +24,7 @@ requeued job continues): only with the same model, data, batch, seed, ZeRO stage
 size (anything else is refused: give a new train.run_dir); a longer run, another lr or eval cadence are fine.
 exit codes: 0 done, 2 config error, 3 too many consecutive non-finite steps, 75 preempted (checkpointed)."""
 
-# Set by `python -m pretrain.torchrun` (what `clipforge launch local` runs): a rank writes its user error
+# Set by `python -m clipforge.pretrain.torchrun` (what `clipforge launch local` runs): a rank writes its user error
 # there instead of printing it, and the launcher prints it once instead of torchrun's failure dump.
 ERRORS_ENV = "CLIPFORGE_RANK_ERRORS"
 
@@ -71,9 +71,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if rank == 0 and point is not None:
         print(f"clipforge pretrain: {describe(point, cfg)}", file=sys.stderr)
-    from pretrain.run import run  # torch/deepspeed only after the config is known to be good
+    from clipforge.pretrain.run import run  # torch/deepspeed only after the config is known to be good
     # The one place pretrain meets eval (tests/test_import_rules.py): the periodic eval is handed down.
-    from eval.periodic import retrieval_evaluator
+    from clipforge.eval.periodic import retrieval_evaluator
 
     try:
         return run(cfg, run_info=run_info(overrides, world), evaluator=retrieval_evaluator)

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from clipforge_base.errors import UserError
+from clipforge.errors import UserError
 
 TESTED = ("0.19.7",)
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pretrain.quiet import quiet_cpu_startup
+from clipforge.pretrain.quiet import quiet_cpu_startup
 
 
 @dataclass
@@ -50,7 +50,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     with quiet_cpu_startup(on_cpu=not use_cuda):
         import deepspeed
 
-    if "RANK" not in os.environ:  # plain `python -m pretrain`: a world of one on this host
+    if "RANK" not in os.environ:  # plain `python -m clipforge.pretrain`: a world of one on this host
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from modeling.config import ConfigError
-from pretrain.export import consolidated_state_dict
+from clipforge.modeling.config import ConfigError
+from clipforge.pretrain.export import consolidated_state_dict
 
 
 def _master_view(param: torch.nn.Parameter) -> Optional[torch.Tensor]:

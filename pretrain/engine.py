@@ -24,11 +24,11 @@ from typing import Optional
 
 import torch
 
-from clipforge_base.atomic import write_atomic
-from modeling.config import RunConfig
-from pretrain import deepspeed_fixes
-from pretrain.distributed import DistInfo, all_finite
-from pretrain.param_groups import group_table, param_groups
+from clipforge.atomic import write_atomic
+from clipforge.modeling.config import RunConfig
+from clipforge.pretrain import deepspeed_fixes
+from clipforge.pretrain.distributed import DistInfo, all_finite
+from clipforge.pretrain.param_groups import group_table, param_groups
 
 
 def manual_clipping(cfg: RunConfig) -> bool:

@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 import torch.distributed as dist
 
-from clipforge_base.atomic import atomic_path, write_atomic
+from clipforge.atomic import atomic_path, write_atomic
 
 PREFIX = "clip."  # ContrastiveModel wraps the open_clip model as .clip
 

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain import distributed
-from modeling.config import LossConfig
-from pretrain.tiled_loss import tiled_infonce_global, tiled_infonce_local_sum
+from clipforge.pretrain import distributed
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.tiled_loss import tiled_infonce_global, tiled_infonce_local_sum
 
 
 class ContrastiveLoss(nn.Module):

@@ -13,8 +13,8 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
-from modeling.eval_results import periodic_eval
-from modeling import flops as flop_model  # module attribute: tests patch its peak table lookup
+from clipforge.modeling.eval_results import periodic_eval
+from clipforge.modeling import flops as flop_model  # module attribute: tests patch its peak table lookup
 
 
 def peak_memory_bytes(device: torch.device) -> int:

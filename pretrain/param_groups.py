@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from modeling.config import ConfigError, OptimConfig, RunConfig
+from clipforge.modeling.config import ConfigError, OptimConfig, RunConfig
 
 # A block of each supported tower, by its name inside the tower (open_clip ViT and text transformers, an
 # HF BERT-style encoder) -> its 0-based index; open_clip's ModifiedResNet names its 4 stages layer1..layer4.

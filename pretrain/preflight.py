@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 from braceexpand import braceexpand
 
-from modeling.config import ConfigError, RunConfig, suggest_key
+from clipforge.modeling.config import ConfigError, RunConfig, suggest_key
 
 DATASET_MARKERS = ("manifest.json", "sizes.json")
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 from typing import Optional
 
-from pretrain.checkpoint import EXIT_NONFINITE
+from clipforge.pretrain.checkpoint import EXIT_NONFINITE
 
 
 class DivergenceWatch:

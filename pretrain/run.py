@@ -16,26 +16,27 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from clipforge_base.atomic import write_atomic
-from clipforge_base.errors import UserFileNotFound
-from pretrain.checkpoint import (EXIT_SAVE_FAILED, CheckpointDamaged, CheckpointManager, CheckpointSaveFailed,
+from clipforge.atomic import write_atomic
+from clipforge.errors import UserFileNotFound
+from clipforge.pretrain.checkpoint import (EXIT_SAVE_FAILED, CheckpointDamaged, CheckpointManager, CheckpointSaveFailed,
                                  PreemptionFlag, tag_for)
-from modeling.config import RunConfig, check_batch_split, save_config
-from pretrain.distributed import init_distributed
-from pretrain.engine import build_engine
-from pretrain.ema import EMAEvalCopy, ModelEMA
-from pretrain.export import export_model, frozen_fp32
-from pretrain.feed import DataFeed
-from pretrain.loss import build_loss
-from pretrain.metrics import MetricsLogger, eval_line
-from modeling.model import build_model
-from pretrain.text_cache import ensure_text_store
-from pretrain.rundir import already_done
-from pretrain.train import Trainer, train_loop
+from clipforge.modeling.config import RunConfig, check_batch_split, save_config
+from clipforge.pretrain.distributed import init_distributed
+from clipforge.pretrain.engine import build_engine
+from clipforge.pretrain.ema import EMAEvalCopy, ModelEMA
+from clipforge.pretrain.export import export_model, frozen_fp32
+from clipforge.pretrain.feed import DataFeed
+from clipforge.pretrain.loss import build_loss
+from clipforge.pretrain.metrics import MetricsLogger, eval_line
+from clipforge.pretrain.precision import resolve_precision
+from clipforge.modeling.model import build_model
+from clipforge.pretrain.text_cache import ensure_text_store
+from clipforge.pretrain.rundir import already_done
+from clipforge.pretrain.train import Trainer, train_loop
 
 
 def stream_loader(cfg: RunConfig, dist, bundle, state: Optional[dict]):
-    from data_pipeline.stream import build_train_loader
+    from clipforge.data_pipeline.stream import build_train_loader
 
     return build_train_loader(cfg.data, seed=cfg.train.seed, global_batch_size=cfg.train.global_batch_size,
                               rank=dist.rank, world_size=dist.world_size, image_size=bundle.image_size,
@@ -119,12 +120,16 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     rank, world = dist.rank, dist.world_size
     accum = check_batch_split(cfg, world)
     run_dir = cfg.train.run_dir
+    precision, why = resolve_precision(cfg.deepspeed.precision, dist.device)
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        save_config(cfg, os.path.join(run_dir, "config.yaml"), run_info)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"), dict(run_info or {}, precision=precision))
+        if cfg.deepspeed.precision == "auto":
+            print(f"deepspeed.precision: {precision} ({why})", file=sys.stderr)
         restarts = os.environ.get("SLURM_RESTART_COUNT")
         if restarts is not None:
             print(f"SLURM_RESTART_COUNT={restarts}", file=sys.stderr)
+    cfg.deepspeed.precision = precision  # everything below (engine, export, periodic eval) sees the resolved one
     _seed_all(cfg.train.seed)  # identical initial weights on every rank
     bundle = build_model(cfg.model, cfg.loss)
     # Before the engine: under ZeRO-3 the tower's parameters are partitioned afterwards.

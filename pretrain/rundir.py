@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from modeling.config import RUN_INFO_KEY, ConfigError, RunConfig, load_config
+from clipforge.modeling.config import RUN_INFO_KEY, ConfigError, RunConfig, load_config
 
 # Dotted keys (or prefixes ending in ".") that may differ between a run and its resumption.
 SAFE_CHANGES = ("train.steps", "train.samples", "train.epochs", "train.log_every", "train.max_nonfinite_steps",

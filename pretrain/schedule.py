@@ -4,7 +4,7 @@ A pure function of the step (no state to checkpoint): a resumed run gets the sam
 """
 import math
 
-from modeling.config import OptimConfig
+from clipforge.modeling.config import OptimConfig
 
 
 def lr_factor(step: int, total_steps: int, optim: OptimConfig) -> float:

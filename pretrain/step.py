@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from pretrain.distributed import all_finite, average_batchnorm_statistics
-from pretrain.loss import per_micro_batch, splice_micro_batch
+from clipforge.pretrain.distributed import all_finite, average_batchnorm_statistics
+from clipforge.pretrain.loss import per_micro_batch, splice_micro_batch
 
 
 @dataclass

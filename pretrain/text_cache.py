@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from data_pipeline import embeddings
-from data_pipeline.shards import open_shards
-from modeling.model import ModelBundle, locked_text_vectors, text_is_cacheable
+from clipforge.data_pipeline import embeddings
+from clipforge.data_pipeline.shards import open_shards
+from clipforge.modeling.model import ModelBundle, locked_text_vectors, text_is_cacheable
 
 BATCH = 256  # captions per forward: MiniLM-L6 at context 24 is ~30 ms per 256 on one core
 

@@ -1,4 +1,4 @@
-"""`python -m pretrain.torchrun TORCHRUN_ARGS`: torchrun (`python -m torch.distributed.run`), except that a
+"""`python -m clipforge.pretrain.torchrun TORCHRUN_ARGS`: torchrun (`python -m torch.distributed.run`), except that a
 rank failing with a user error (a bad config or path it found, exit 2) ends the job with that rank's one
 line and its exit code, instead of torchrun's ~25-line ChildFailedError dump and exit 1.
 
@@ -14,7 +14,7 @@ from typing import List, Optional
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import main as torchrun_main
 
-from pretrain.cli import ERRORS_ENV
+from clipforge.pretrain.cli import ERRORS_ENV
 
 
 def first_reported(folder: str) -> Optional[tuple]:

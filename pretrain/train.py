@@ -12,13 +12,13 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from pretrain.checkpoint import EXIT_PREEMPTED, CheckpointManager, PreemptionFlag
-from pretrain.feed import DataFeed
-from modeling.preprocess import images_to_input
-from pretrain.metrics import MetricsLogger
-from pretrain.rollback import DivergenceWatch, roll_back
-from pretrain.schedule import lr_factor, set_lr
-from pretrain.step import TextInput, train_step
+from clipforge.pretrain.checkpoint import EXIT_PREEMPTED, CheckpointManager, PreemptionFlag
+from clipforge.pretrain.feed import DataFeed
+from clipforge.modeling.preprocess import images_to_input
+from clipforge.pretrain.metrics import MetricsLogger
+from clipforge.pretrain.rollback import DivergenceWatch, roll_back
+from clipforge.pretrain.schedule import lr_factor, set_lr
+from clipforge.pretrain.step import TextInput, train_step
 
 
 @dataclass

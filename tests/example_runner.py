@@ -39,12 +39,12 @@ REWRITES = [
     (r"--model ViT-B-32 ", f"--model {REPO}/configs/models/tiny-vit.json "),
     (r"/data/shards\b", "shards"),            # a cluster file system -> the working folder
     (r"^torchrun ", f"{sys.executable} -m torch.distributed.run "),
-    (r"^clipforge ", f"{sys.executable} -m launch.cli "),
+    (r"^clipforge ", f"{sys.executable} -m clipforge.launch.cli "),
 ]
 # launches that need other machines or a cluster: checked as a dry run
 DRY_RUN = (r"--rdzv-endpoint 10\.", r"launch\.cli launch slurm")
 # a training launch that names no run length (the recipe's own, hours) runs 2 steps
-TRAINS = r"launch\.cli (launch local|pretrain)\b|-m pretrain\b"
+TRAINS = r"launch\.cli (launch local|pretrain)\b|-m clipforge.pretrain\b"
 RUN_LENGTH = r"\btrain\.(steps|epochs|samples)="
 
 DEMO = "clipforge demo"   # the example that builds demo_layout
@@ -81,7 +81,7 @@ def example_lines(text: str) -> List[str]:
 @functools.lru_cache(maxsize=None)
 def help_text(words: tuple) -> str:
     """`clipforge WORDS --help` (cached: both example tests read the same helps)."""
-    result = subprocess.run([sys.executable, "-m", "launch.cli", *words, "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "clipforge.launch.cli", *words, "--help"], capture_output=True, text=True,
                             cwd=REPO, timeout=60)
     assert result.returncode == 0, f"clipforge {' '.join(words)} --help: {result.stderr}"
     return result.stdout
@@ -148,7 +148,7 @@ def _stand_ins(root: Path, raw: Path) -> None:
 def make_layout(root: Path, trained: bool = True) -> Path:
     """A user's working folder: configs/, the stand-ins, and runs/demo as the `clipforge demo` example
     leaves it (trained=True: the demo run itself, ~45 s; False: only its raw scenes, rendered alike)."""
-    from data_pipeline.synthetic import make_synthetic_dataset
+    from clipforge.data_pipeline.synthetic import make_synthetic_dataset
     root.mkdir(parents=True)
     (root / "configs").symlink_to(REPO / "configs")
     demo = rewrite(DEMO)
@@ -179,7 +179,7 @@ def _curate_stand_ins(root: Path, shards: Path) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from data_pipeline.shards import index_tar, open_shards
+    from clipforge.data_pipeline.shards import index_tar, open_shards
     keys = [entry.key for shard in open_shards(str(shards)).shards for entry in index_tar(shard.path).samples]
     pq.write_table(pa.table({"key": keys, "clip_score": np.linspace(0.1, 0.4, len(keys))}),
                    root / "clip_scores.parquet")

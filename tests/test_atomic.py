@@ -1,10 +1,10 @@
-"""clipforge_base.atomic: the one atomic write (temp beside the target, fsync, rename) every package uses."""
+"""clipforge.atomic: the one atomic write (temp beside the target, fsync, rename) every package uses."""
 import os
 import subprocess
 
 import pytest
 
-from clipforge_base.atomic import atomic_path, leftover_temporaries, temporary_name, write_atomic
+from clipforge.atomic import atomic_path, leftover_temporaries, temporary_name, write_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,10 +39,10 @@ def test_temporaries_are_hidden_from_shard_globs_and_found_again(tmp_path):
 
 
 def test_no_second_copy_of_the_atomic_write():
-    """Every os.replace of a file lives in clipforge_base/atomic.py (pretrain/checkpoint.py renames a
+    """Every os.replace of a file lives in clipforge/atomic.py (pretrain/checkpoint.py renames a
     checkpoint folder into place)."""
-    packages = ["clipforge_base", "data_pipeline", "modeling", "pretrain", "eval", "launch"]
+    packages = ["clipforge", "data_pipeline", "modeling", "pretrain", "eval", "launch"]
     out = subprocess.run(["git", "grep", "-n", "--untracked", "os.replace", "--", *packages], cwd=REPO,
                          capture_output=True, text=True).stdout.splitlines()
     places = sorted(line.split(":")[0] for line in out)
-    assert places == ["clipforge_base/atomic.py", "pretrain/checkpoint.py"], out
+    assert places == ["clipforge/atomic.py", "pretrain/checkpoint.py"], out

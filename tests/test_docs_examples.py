@@ -254,7 +254,7 @@ def test_python_examples_import():
 
 def test_an_example_no_rule_covers_fails(tmp_path):
     """The rules refuse what they do not know: a new kind of docs example fails until a rule covers it."""
-    for text in ("srun python train.py", "pip install clipforge", "python -m pretrain --config c.yaml"):
+    for text in ("srun python train.py", "pip install clipforge", "python -m clipforge.pretrain --config c.yaml"):
         assert rule(Example("x.md:1", text, [])) is None, text
     with pytest.raises(AssertionError, match="has no --no-such-flag"):
         _synopsis(Example("x.md:1", "clipforge convert INPUT... --out DIR [--no-such-flag]", []), tmp_path)

@@ -1,7 +1,9 @@
 """The house's import rules (../shared/DESIGN.md, docs/internals.md), read from the source with `ast`:
 
-- clipforge_base (UserError, atomic writes) imports no other clipforge package;
-- data_pipeline imports no other clipforge package (but clipforge_base);
+- every import of ours goes through the installed names (`clipforge.pretrain...`, never a bare `pretrain`:
+  setup.cfg installs the folders under `clipforge`);
+- clipforge/ itself (UserError, atomic writes) imports no other clipforge package;
+- data_pipeline imports no other clipforge package (but clipforge/);
 - modeling (model factory, preprocessing, run config) imports neither pretrain, eval nor launch;
 - eval and pretrain never import each other; the one exception is pretrain/cli.py, the application entry
   point, which hands eval's periodic eval to the train loop;
@@ -16,17 +18,18 @@ from typing import Dict, Iterator, List, Set, Tuple
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("clipforge_base", "data_pipeline", "modeling", "pretrain", "eval", "launch")
+PACKAGES = ("clipforge", "data_pipeline", "modeling", "pretrain", "eval", "launch")
+FOLDERS = PACKAGES[1:]  # installed as clipforge.<folder>
 HEAVY = ("torch", "torchvision", "deepspeed", "open_clip")
 
 # package -> the clipforge packages it may import
 ALLOWED = {
-    "clipforge_base": set(),
-    "data_pipeline": {"clipforge_base"},
-    "modeling": {"clipforge_base", "data_pipeline"},
-    "pretrain": {"clipforge_base", "data_pipeline", "modeling"},
-    "eval": {"clipforge_base", "data_pipeline", "modeling"},
-    "launch": {"clipforge_base", "data_pipeline", "modeling", "pretrain", "eval"},
+    "clipforge": set(),
+    "data_pipeline": {"clipforge"},
+    "modeling": {"clipforge", "data_pipeline"},
+    "pretrain": {"clipforge", "data_pipeline", "modeling"},
+    "eval": {"clipforge", "data_pipeline", "modeling"},
+    "launch": {"clipforge", "data_pipeline", "modeling", "pretrain", "eval"},
 }
 # (file, imported package): the documented wiring points
 EXCEPTIONS = {("pretrain/cli.py", "eval")}
@@ -37,8 +40,19 @@ def _files(package: str) -> List[Path]:
 
 
 def _module_name(path: Path) -> str:
+    """The installed dotted name of a repo file: pretrain/run.py -> clipforge.pretrain.run."""
     parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "clipforge" else ["clipforge", *parts])
+
+
+def _layer(name: str) -> str:
+    """Which of PACKAGES a dotted name belongs to (clipforge.eval.api -> eval; clipforge.errors -> clipforge),
+    or its bare first part when it is not ours."""
+    parts = name.split(".")
+    if parts[0] != "clipforge":
+        return parts[0]
+    return parts[1] if len(parts) > 1 and parts[1] in FOLDERS else "clipforge"
 
 
 def _imports(path: Path, module_level_only: bool = False) -> Iterator[Tuple[str, int]]:
@@ -68,7 +82,10 @@ def _imports(path: Path, module_level_only: bool = False) -> Iterator[Tuple[str,
 
 def _source_of(name: str):
     """The repo file of a dotted module name, or None (not ours, or an attribute, not a module)."""
-    path = REPO.joinpath(*name.split("."))
+    parts = name.split(".")
+    if parts[0] != "clipforge":
+        return None
+    path = REPO.joinpath(*(parts[1:] if len(parts) > 1 and parts[1] in FOLDERS else parts))
     for candidate in (path.with_suffix(".py"), path / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -81,7 +98,7 @@ def test_packages_import_only_the_layers_below(package):
     for path in _files(package):
         rel = path.relative_to(REPO).as_posix()
         for name, line in _imports(path):
-            top = name.split(".")[0]
+            top = _layer(name)
             if top in PACKAGES and top != package and top not in ALLOWED[package] \
                     and (rel, top) not in EXCEPTIONS:
                 wrong.append(f"{rel}:{line} imports {name}")
@@ -91,7 +108,7 @@ def test_packages_import_only_the_layers_below(package):
 def test_the_wiring_point_is_the_only_exception():
     """pretrain/cli.py imports eval (the periodic eval, handed to pretrain.run.run); nothing else in pretrain does."""
     names = [name for name, _ in _imports(REPO / "pretrain" / "cli.py")]
-    assert "eval.periodic" in names
+    assert "clipforge.eval.periodic" in names
 
 
 def _module_level_closure(start: List[Path]) -> Dict[str, str]:

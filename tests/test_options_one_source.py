@@ -1,12 +1,12 @@
-"""The options dataclasses are the one source of their flags' defaults (clipforge_base/dataclass_cli.py):
+"""The options dataclasses are the one source of their flags' defaults (clipforge/dataclass_cli.py):
 `clipforge convert` with no options gives ConvertOptions(), `clipforge eval` the run config's eval.* defaults."""
 import dataclasses
 
-from data_pipeline.convert.cli import parser
-from data_pipeline.convert.options import ConvertOptions
-from eval.cli import parse_args
-from modeling.config import RunConfig
-from modeling.eval_options import EvalOptions
+from clipforge.data_pipeline.convert.cli import parser
+from clipforge.data_pipeline.convert.options import ConvertOptions
+from clipforge.eval.cli import parse_args
+from clipforge.modeling.config import RunConfig
+from clipforge.modeling.eval_options import EvalOptions
 
 
 def test_convert_flags_default_to_the_dataclass_outside_slurm(monkeypatch):

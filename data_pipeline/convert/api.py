@@ -8,7 +8,7 @@ from typing import Dict, List
 
 from tqdm import tqdm
 
-from data_pipeline.shards import shard_name
+from clipforge.data_pipeline.shards import shard_name
 from .merge import merge, missing_shards
 from .options import ConvertError, ConvertOptions
 from .optout import ROBOTS, describe

@@ -4,8 +4,8 @@ import json
 import os
 import sys
 
-from clipforge_base.dataclass_cli import add_fields, field_values
-from clipforge_base.errors import UserError
+from clipforge.dataclass_cli import add_fields, field_values
+from clipforge.errors import UserError
 from .api import convert
 from .merge import merge
 from .options import ConvertOptions

@@ -7,8 +7,8 @@ import os
 from collections import Counter
 from typing import List
 
-from clipforge_base.atomic import write_atomic
-from data_pipeline.shards import PRIMARY_CAPTIONS, caption_source_name, shard_name
+from clipforge.atomic import write_atomic
+from clipforge.data_pipeline.shards import PRIMARY_CAPTIONS, caption_source_name, shard_name
 from .options import ConvertError
 from .plan import in_current_terms, load_plan
 from .shard_writer import read_stats

@@ -2,9 +2,9 @@
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
-from clipforge_base.dataclass_cli import option
-from clipforge_base.errors import UserError
-from data_pipeline.shards import caption_source_name
+from clipforge.dataclass_cli import option
+from clipforge.errors import UserError
+from clipforge.data_pipeline.shards import caption_source_name
 
 FORMATS = ("auto", "folder", "csv", "tsv", "parquet", "jsonl", "coco", "flickr", "urls")
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "none")
@@ -22,7 +22,7 @@ def _columns(text: str) -> List[str]:
 
 @dataclass
 class ConvertOptions:
-    """Every field with help text is also a `clipforge convert` flag (clipforge_base/dataclass_cli.py): its
+    """Every field with help text is also a `clipforge convert` flag (clipforge/dataclass_cli.py): its
     default and help are written here only."""
     # --- content options: they decide the output bytes, so they are recorded and must match on resume ---
     inputs: List[str] = option([], "folder, table, COCO/Karpathy json or URL list", "inputs", nargs="*",

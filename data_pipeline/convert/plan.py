@@ -5,7 +5,7 @@ import json
 import os
 from typing import List, Tuple
 
-from clipforge_base.atomic import write_atomic
+from clipforge.atomic import write_atomic
 from .items import Item, key_width, make_key
 from .options import ConvertError, ConvertOptions
 

@@ -15,8 +15,8 @@ from typing import List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipforge_base.atomic import leftover_temporaries, write_atomic
-from data_pipeline.shards import shard_name, write_member
+from clipforge.atomic import leftover_temporaries, write_atomic
+from clipforge.data_pipeline.shards import shard_name, write_member
 from .options import parquet_caption_column
 
 # "url" repeats "source" under img2dataset's name, so tooling written for its parquets reads ours as-is.

@@ -1,4 +1,4 @@
-"""`python -m data_pipeline.curate ...` (= `clipforge curate`)."""
+"""`python -m clipforge.data_pipeline.curate ...` (= `clipforge curate`)."""
 import sys
 
 from .cli import main

@@ -7,9 +7,9 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
-from data_pipeline.convert.merge import VERSION
-from data_pipeline.embeddings import dataset_root
-from data_pipeline.shards import ShardSet, open_shards
+from clipforge.data_pipeline.convert.merge import VERSION
+from clipforge.data_pipeline.embeddings import dataset_root
+from clipforge.data_pipeline.shards import ShardSet, open_shards
 from .dedup import NearDuplicates, load_embeddings
 from .filters import Fate, Filter, sample_filters
 from .options import CurateOptions

@@ -9,9 +9,9 @@ import argparse
 import os
 import sys
 
-from clipforge_base.dataclass_cli import add_fields, field_values
-from clipforge_base.errors import UserError
-from data_pipeline.convert.cli import HelpFormatter
+from clipforge.dataclass_cli import add_fields, field_values
+from clipforge.errors import UserError
+from clipforge.data_pipeline.convert.cli import HelpFormatter
 from .api import curate
 from .options import CurateOptions
 

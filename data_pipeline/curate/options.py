@@ -1,11 +1,11 @@
 """Options of one curation run: each field with help text is also a `clipforge curate` flag (its default and help
-are written here only, clipforge_base/dataclass_cli.py)."""
+are written here only, clipforge/dataclass_cli.py)."""
 import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from clipforge_base.dataclass_cli import option
-from clipforge_base.errors import UserError
+from clipforge.dataclass_cli import option
+from clipforge.errors import UserError
 
 
 class CurateError(UserError):

@@ -8,7 +8,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from data_pipeline.shards import IMAGE_EXTS, ShardSet, all_captions, index_tar, read_member, sample_meta
+from clipforge.data_pipeline.shards import IMAGE_EXTS, ShardSet, all_captions, index_tar, read_member, sample_meta
 from .options import CurateError
 
 

@@ -2,7 +2,7 @@
 fate table curation.parquet (one row per INPUT sample), sizes.json and, last, manifest.json.
 
 Tar members carry the converter's fixed mtime/uid/mode, so the same curation gives byte-identical shards. Each
-file is written atomically (clipforge_base/atomic.py): a reader never sees half a shard.
+file is written atomically (clipforge/atomic.py): a reader never sees half a shard.
 """
 import hashlib
 import io
@@ -11,9 +11,9 @@ import os
 import tarfile
 from typing import Dict, List, Optional
 
-from clipforge_base.atomic import write_atomic
-from data_pipeline.convert.shard_writer import PARQUET_COLUMNS
-from data_pipeline.shards import shard_name, write_member
+from clipforge.atomic import write_atomic
+from clipforge.data_pipeline.convert.shard_writer import PARQUET_COLUMNS
+from clipforge.data_pipeline.shards import shard_name, write_member
 from .filters import Fate
 from .options import CurateError
 from .samples import Sample

@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_pipeline.config import DataConfigError
-from data_pipeline.shards import PRIMARY_CAPTIONS, ShardSet, caption_sources
-from data_pipeline.stream import hashing
+from clipforge.data_pipeline.config import DataConfigError
+from clipforge.data_pipeline.shards import PRIMARY_CAPTIONS, ShardSet, caption_sources
+from clipforge.data_pipeline.stream import hashing
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from data_pipeline.embeddings import VectorCache
-from data_pipeline.shards import IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, all_captions, index_tar, \
+from clipforge.data_pipeline.embeddings import VectorCache
+from clipforge.data_pipeline.shards import IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, all_captions, index_tar, \
     sample_meta
-from data_pipeline.stream import hashing
-from data_pipeline.stream.caption_sources import CaptionWeights
-from data_pipeline.stream.decode import DecodeError, train_image
-from data_pipeline.stream.plan import BatchRequest
+from clipforge.data_pipeline.stream import hashing
+from clipforge.data_pipeline.stream.caption_sources import CaptionWeights
+from clipforge.data_pipeline.stream.decode import DecodeError, train_image
+from clipforge.data_pipeline.stream.plan import BatchRequest
 
 # Reasons a sample is skipped (keys of loader.counters).
 MISSING_IN_TAR = "missing_from_truncated_shard"  # the tar ends before this sample (cut copy)

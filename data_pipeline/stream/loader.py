@@ -22,13 +22,13 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from clipforge_base.errors import UserError
-from data_pipeline import embeddings
-from data_pipeline.config import DataConfig, DataConfigError
-from data_pipeline.shards import ShardError, open_shards, txt_holds_first_caption
-from data_pipeline.stream import caption_sources
-from data_pipeline.stream.dataset import BatchDataset
-from data_pipeline.stream.plan import SamplePlan
+from clipforge.errors import UserError
+from clipforge.data_pipeline import embeddings
+from clipforge.data_pipeline.config import DataConfig, DataConfigError
+from clipforge.data_pipeline.shards import ShardError, open_shards, txt_holds_first_caption
+from clipforge.data_pipeline.stream import caption_sources
+from clipforge.data_pipeline.stream.dataset import BatchDataset
+from clipforge.data_pipeline.stream.plan import SamplePlan
 
 STATE_FORMAT = "clipforge-loader"
 

@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from data_pipeline.stream import hashing
+from clipforge.data_pipeline.stream import hashing
 
 
 class SourceOrder:

@@ -14,7 +14,7 @@ import os
 
 import pyarrow.parquet as pq
 
-from data_pipeline.convert import convert
+from clipforge.data_pipeline.convert import convert
 
 from .convert_inputs import jpeg, write, write_csv
 

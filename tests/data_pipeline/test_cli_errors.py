@@ -1,14 +1,14 @@
-"""`clipforge convert` and `clipforge verify` catch user errors only (clipforge_base.errors.UserError: one line,
+"""`clipforge convert` and `clipforge verify` catch user errors only (clipforge.errors.UserError: one line,
 exit 2); a bug inside them -- of any type, ValueError, KeyError and OSError included, which verify used to turn
 into "not a readable shard dataset" -- raises with its traceback (exit 1)."""
 import json
 
 import pytest
 
-from clipforge_base.errors import UserFileNotFound
-from data_pipeline.convert import cli as convert_cli
-from data_pipeline.convert import convert
-from data_pipeline import verify
+from clipforge.errors import UserFileNotFound
+from clipforge.data_pipeline.convert import cli as convert_cli
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline import verify
 
 from .convert_inputs import caption_table
 
@@ -30,7 +30,7 @@ def dataset(tmp_path):
 
 @pytest.mark.parametrize("bug", BUGS, ids=lambda error: type(error).__name__)
 def test_a_bug_inside_convert_raises_with_its_traceback(bug, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("data_pipeline.convert.api.make_plan", _raise(bug))
+    monkeypatch.setattr("clipforge.data_pipeline.convert.api.make_plan", _raise(bug))
     with pytest.raises(type(bug)) as raised:
         convert_cli.main([caption_table(tmp_path / "raw", count=2), "--out", str(tmp_path / "out"),
                           "--no-progress"])
@@ -40,7 +40,7 @@ def test_a_bug_inside_convert_raises_with_its_traceback(bug, tmp_path, monkeypat
 
 def test_any_user_error_inside_convert_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     # not only ConvertError: every UserError subclass is the user's to fix
-    monkeypatch.setattr("data_pipeline.convert.api.make_plan", _raise(UserFileNotFound("x.csv: no such file")))
+    monkeypatch.setattr("clipforge.data_pipeline.convert.api.make_plan", _raise(UserFileNotFound("x.csv: no such file")))
     assert convert_cli.main([caption_table(tmp_path / "raw", count=2), "--out", str(tmp_path / "out"),
                              "--no-progress"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["clipforge convert: error: x.csv: no such file"]

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_pipeline.convert import convert
+from clipforge.data_pipeline.convert import convert
 
 from .convert_inputs import awkward_images, read_json, read_shards, write
 

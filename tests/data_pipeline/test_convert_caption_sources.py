@@ -7,11 +7,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert import convert
-from data_pipeline.convert.cli import main
-from data_pipeline.convert.options import ConvertError
-from data_pipeline.shards import caption_source_name, caption_sources, open_shards
-from data_pipeline.verify import verify
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.convert.cli import main
+from clipforge.data_pipeline.convert.options import ConvertError
+from clipforge.data_pipeline.shards import caption_source_name, caption_sources, open_shards
+from clipforge.data_pipeline.verify import verify
 
 from .convert_inputs import jpeg, read_json, read_shards, write, write_csv
 

@@ -3,9 +3,9 @@ import json
 
 import pyarrow.parquet as pq
 
-from data_pipeline.convert import convert
-from data_pipeline.convert.captions import clean_caption, clean_captions
-from data_pipeline.convert.cli import main
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.convert.captions import clean_caption, clean_captions
+from clipforge.data_pipeline.convert.cli import main
 
 from .convert_inputs import jpeg, read_shards, write
 

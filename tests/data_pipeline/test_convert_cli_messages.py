@@ -5,8 +5,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert.cli import main, parser
-from data_pipeline.shards import open_shards, txt_holds_first_caption
+from clipforge.data_pipeline.convert.cli import main, parser
+from clipforge.data_pipeline.shards import open_shards, txt_holds_first_caption
 
 from .convert_inputs import caption_table, read_json, read_shards, write, write_csv
 

@@ -5,8 +5,8 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert import ConvertError, convert
-from data_pipeline.convert.cli import main
+from clipforge.data_pipeline.convert import ConvertError, convert
+from clipforge.data_pipeline.convert.cli import main
 
 from .convert_inputs import caption_table, read_json, read_shards, write, write_csv
 

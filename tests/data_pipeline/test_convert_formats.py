@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert import ConvertError, convert
+from clipforge.data_pipeline.convert import ConvertError, convert
 
 from .convert_inputs import jpeg, read_shards, write, write_csv
 

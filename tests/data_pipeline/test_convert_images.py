@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from data_pipeline.convert.images import process_image, target_size
-from data_pipeline.convert.options import ConvertOptions
+from clipforge.data_pipeline.convert.images import process_image, target_size
+from clipforge.data_pipeline.convert.options import ConvertOptions
 
 from .convert_inputs import jpeg
 
@@ -84,7 +84,7 @@ def test_encode_formats(fmt, magic):
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_jpeg_header_scan_reads_the_same_orientation_as_pillow(orientation):
-    from data_pipeline.convert.jpeg_header import jpeg_orientation
+    from clipforge.data_pipeline.convert.jpeg_header import jpeg_orientation
     exif = Image.Exif()
     exif[0x0112] = orientation
     exif[0x010F] = "camera maker"  # another tag before it, as real cameras write

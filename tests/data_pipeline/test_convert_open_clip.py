@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.convert import convert
+from clipforge.data_pipeline.convert import convert
 
 from .convert_inputs import caption_table
 

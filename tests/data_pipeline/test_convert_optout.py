@@ -7,9 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert import convert
-from data_pipeline.convert.cli import main
-from data_pipeline.convert.options import ConvertError
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.convert.cli import main
+from clipforge.data_pipeline.convert.options import ConvertError
 
 from .convert_inputs import jpeg, read_shards, write
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from data_pipeline.convert import ConvertError, convert, merge
-from data_pipeline.convert.cli import main, slurm_defaults
+from clipforge.data_pipeline.convert import ConvertError, convert, merge
+from clipforge.data_pipeline.convert.cli import main, slurm_defaults
 
 from .convert_inputs import caption_table
 
@@ -36,7 +36,7 @@ def reference(table, tmp_path_factory):
 
 
 def _command(table, out, workers):
-    return [sys.executable, "-m", "data_pipeline", "convert", table, "--out", str(out), "--no-progress",
+    return [sys.executable, "-m", "clipforge.data_pipeline", "convert", table, "--out", str(out), "--no-progress",
             "--workers", str(workers), "--image-size", str(OPTIONS["image_size"]),
             "--samples-per-shard", str(OPTIONS["samples_per_shard"])]
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert import convert
+from clipforge.data_pipeline.convert import convert
 
 from .convert_inputs import jpeg, read_shards, write
 

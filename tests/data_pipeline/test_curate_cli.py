@@ -1,5 +1,5 @@
 """clipforge curate end to end: its output passes `clipforge verify` and trains through the streaming loader;
-the CLI's exit codes and one-line errors; `python -m data_pipeline.curate`."""
+the CLI's exit codes and one-line errors; `python -m clipforge.data_pipeline.curate`."""
 import dataclasses
 import json
 import os
@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data_pipeline.config import DataConfig, SourceConfig
-from data_pipeline.curate import CurateOptions
-from data_pipeline.curate.cli import main, parser
-from data_pipeline.stream import build_train_loader
-from data_pipeline.verify import main as verify_main
+from clipforge.data_pipeline.config import DataConfig, SourceConfig
+from clipforge.data_pipeline.curate import CurateOptions
+from clipforge.data_pipeline.curate.cli import main, parser
+from clipforge.data_pipeline.stream import build_train_loader
+from clipforge.data_pipeline.verify import main as verify_main
 
 from .curate_inputs import KEYS, converted
 
@@ -76,8 +76,8 @@ def test_out_must_be_new_or_empty_and_input_a_dataset(shards, tmp_path, capsys):
 
 def test_python_dash_m_and_clipforge_curate(shards, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
-    for prefix, out in ((["-m", "data_pipeline.curate"], "a"), (["-m", "launch.cli", "curate"], "b"),
-                        (["-m", "data_pipeline", "curate"], "c")):
+    for prefix, out in ((["-m", "clipforge.data_pipeline.curate"], "a"), (["-m", "clipforge.launch.cli", "curate"], "b"),
+                        (["-m", "clipforge.data_pipeline", "curate"], "c")):
         result = subprocess.run([sys.executable, *prefix, shards, "--out", str(tmp_path / out), "--no-progress",
                                  "--max-aspect-ratio", "3"], capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr

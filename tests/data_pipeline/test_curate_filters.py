@@ -9,9 +9,9 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.convert import convert
-from data_pipeline.curate import curate
-from data_pipeline.verify import verify
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.curate import curate
+from clipforge.data_pipeline.verify import verify
 
 from .conftest import write_dataset
 from .convert_inputs import jpeg, read_shards, write, write_csv

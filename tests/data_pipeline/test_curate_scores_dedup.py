@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.curate import CurateError, curate
-from data_pipeline.curate import api
-from data_pipeline.curate.dedup import NearDuplicates
+from clipforge.data_pipeline.curate import CurateError, curate
+from clipforge.data_pipeline.curate import api
+from clipforge.data_pipeline.curate.dedup import NearDuplicates
 
 from .curate_inputs import KEYS, converted, fates
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from data_pipeline.shards import ShardError, index_tar, iter_samples, open_shards
+from clipforge.data_pipeline.shards import ShardError, index_tar, iter_samples, open_shards
 from tests.data_pipeline.conftest import jpeg_bytes, write_dataset
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.config import DataConfig, DataConfigError, SourceConfig
-from data_pipeline.convert import convert
-from data_pipeline.stream import build_train_loader
-from data_pipeline.stream.caption_sources import CaptionWeights
-from modeling.config import load_config
+from clipforge.data_pipeline.config import DataConfig, DataConfigError, SourceConfig
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.stream import build_train_loader
+from clipforge.data_pipeline.stream.caption_sources import CaptionWeights
+from clipforge.modeling.config import load_config
 
 from .convert_inputs import jpeg, write, write_csv
 

@@ -2,8 +2,8 @@
 (the same on resume and for any worker count), and the sample ids the loss uses to find positives."""
 import torch
 
-from data_pipeline.config import DataConfig, SourceConfig
-from data_pipeline.stream import build_train_loader
+from clipforge.data_pipeline.config import DataConfig, SourceConfig
+from clipforge.data_pipeline.stream import build_train_loader
 from tests.data_pipeline.conftest import write_dataset
 
 

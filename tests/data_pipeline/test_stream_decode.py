@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from data_pipeline.stream.decode import (DecodeError, TRAIN_SCALE, decode_rgb, min_decode_side,
+from clipforge.data_pipeline.stream.decode import (DecodeError, TRAIN_SCALE, decode_rgb, min_decode_side,
                                          random_resized_crop_box, resize_crop, train_image)
 
 

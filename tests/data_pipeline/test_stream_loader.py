@@ -6,9 +6,9 @@ import open_clip
 import pytest
 import torch
 
-from data_pipeline.config import DataConfig, SourceConfig
-from data_pipeline.shards import ShardError, index_tar
-from data_pipeline.stream import LoaderStateError, build_train_loader
+from clipforge.data_pipeline.config import DataConfig, SourceConfig
+from clipforge.data_pipeline.shards import ShardError, index_tar
+from clipforge.data_pipeline.stream import LoaderStateError, build_train_loader
 from tests.data_pipeline.conftest import jpeg_bytes, write_dataset
 
 TOKENIZER = open_clip.get_tokenizer("ViT-B-32")
@@ -166,8 +166,8 @@ def test_one_pass_is_one_epoch(small_dataset):
 @pytest.mark.flickr8k
 def test_converter_output_trains(flickr8k_dir, tmp_path):
     """Shards written by data_pipeline.convert (real photos, 5 captions each) feed the loader."""
-    from data_pipeline.convert import convert
-    from data_pipeline.shards import open_shards
+    from clipforge.data_pipeline.convert import convert
+    from clipforge.data_pipeline.shards import open_shards
 
     rows = (flickr8k_dir / "originals" / "captions.csv").read_text().splitlines()
     subset = tmp_path / "subset.csv"

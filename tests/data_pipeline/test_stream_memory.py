@@ -1,8 +1,8 @@
 """Persistent loader workers keep flat memory over epochs (webdataset #365: it grew every epoch)."""
 import psutil
 
-from data_pipeline.config import DataConfig, SourceConfig
-from data_pipeline.stream import build_train_loader
+from clipforge.data_pipeline.config import DataConfig, SourceConfig
+from clipforge.data_pipeline.stream import build_train_loader
 from tests.data_pipeline.conftest import write_dataset
 from tests.data_pipeline.test_stream_loader import TOKENIZER
 

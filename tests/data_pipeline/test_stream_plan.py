@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data_pipeline.stream.plan import SamplePlan, SourceOrder
+from clipforge.data_pipeline.stream.plan import SamplePlan, SourceOrder
 
 SIZES = [7, 10, 3, 12, 8]  # 40 samples in 5 shards of uneven sizes
 

@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
-from data_pipeline.convert import convert
-from data_pipeline.verify import main
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.verify import main
 
 from .convert_inputs import caption_table, jpeg, write, write_csv
 

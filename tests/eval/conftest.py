@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data_pipeline.convert.api import convert
-from data_pipeline.synthetic import SHAPES, make_synthetic_dataset
+from clipforge.data_pipeline.convert.api import convert
+from clipforge.data_pipeline.synthetic import SHAPES, make_synthetic_dataset
 
 
 @pytest.fixture(scope="session")

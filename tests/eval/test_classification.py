@@ -8,8 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from eval.classification import chance_levels, classification_metrics, zero_shot_classifier
-from eval.templates import TemplateError, load_classnames, load_templates, prompts_for
+from clipforge.eval.classification import chance_levels, classification_metrics, zero_shot_classifier
+from clipforge.eval.templates import TemplateError, load_classnames, load_templates, prompts_for
 
 
 def from_logits(rows):

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data_pipeline.shards import iter_samples
-from eval.cli import main
-from eval.templates import load_templates
+from clipforge.data_pipeline.shards import iter_samples
+from clipforge.eval.cli import main
+from clipforge.eval.templates import load_templates
 
 
 def run_cli(args, capsys):
@@ -188,8 +188,8 @@ def test_label_indices_beyond_the_class_names_are_refused(eval_shards, tiny_mode
 def test_library_call_equals_the_cli_and_needs_shards(eval_shards, tiny_model, tmp_path, capsys):
     """evaluate_retrieval (the trainer's periodic eval) gives the CLI's numbers, and never converts raw data
     (on every rank) behind the caller's back."""
-    from eval.api import evaluate_retrieval
-    from eval.datasets import EvalDataError
+    from clipforge.eval.api import evaluate_retrieval
+    from clipforge.eval.datasets import EvalDataError
     root, model = tiny_model
     with pytest.raises(EvalDataError, match="not a shard dataset"):
         evaluate_retrieval(model, open_clip.get_tokenizer("tiny-vit"), {"size": 64}, str(eval_shards / "raw"))

@@ -2,8 +2,8 @@
 classification (templates, prompts, class names file, label key); the table names each metric's direction."""
 import json
 
-from eval.cli import parse_args
-from eval.templates import load_templates
+from clipforge.eval.cli import parse_args
+from clipforge.eval.templates import load_templates
 
 from .test_cli import run_cli
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.cli import main
+from clipforge.eval.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 PEER = REPO / ".venv-peers" / "clip_benchmark"
@@ -23,7 +23,7 @@ import io, json, sys
 import open_clip, torch
 from PIL import Image
 from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
-from data_pipeline.shards import iter_samples
+from clipforge.data_pipeline.shards import iter_samples
 
 export, shards, task = sys.argv[1:4]
 model, _, transform = open_clip.create_model_and_transforms("local-dir:" + export)

@@ -8,17 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eval.cli import main
+from clipforge.eval.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
 # A world of one, two optimizer steps, a DeepSpeed checkpoint after each (RUN/checkpoints/stepN).
 TWO_CHECKPOINTS = r"""
 import sys, torch
-from modeling.config import load_config, save_config
-from pretrain.distributed import init_distributed
-from pretrain.engine import build_engine
-from modeling.model import build_model
+from clipforge.modeling.config import load_config, save_config
+from clipforge.pretrain.distributed import init_distributed
+from clipforge.pretrain.engine import build_engine
+from clipforge.modeling.model import build_model
 
 run, config = sys.argv[1], sys.argv[2]
 cfg = load_config(config, [f"train.run_dir={run}"])

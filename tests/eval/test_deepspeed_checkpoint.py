@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.cli import main
+from clipforge.eval.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 MAKE_CHECKPOINT = r"""
 import json, sys, torch, deepspeed
 from pathlib import Path
-from modeling.config import load_config, save_config
-from pretrain.distributed import init_distributed
-from pretrain.engine import build_engine
-from modeling.model import build_model
+from clipforge.modeling.config import load_config, save_config
+from clipforge.pretrain.distributed import init_distributed
+from clipforge.pretrain.engine import build_engine
+from clipforge.modeling.model import build_model
 
 run, stage, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 cfg = load_config(sys.argv[4], [f"train.run_dir={run}", f"deepspeed.zero_stage={stage}"])
@@ -36,7 +36,7 @@ engine.backward(loss)
 engine.step()
 engine.save_checkpoint(f"{run}/checkpoints", tag="step00000001")
 # the trainer's periodic eval, straight on the engine (ZeRO-3: partitioned parameters)
-from eval.api import evaluate_retrieval
+from clipforge.eval.api import evaluate_retrieval
 metrics = evaluate_retrieval(engine, bundle.tokenizer, bundle.preprocess_cfg, sys.argv[5], batch_size=16)
 assert engine.module.training  # restored after the eval
 if torch.distributed.get_rank() == 0:  # a file, not stdout: the other rank's prints can land mid-line

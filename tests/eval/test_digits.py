@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.digits import CLASSNAMES, TEMPLATES, main, write_digits
-from eval.sources import open_source
+from clipforge.data_pipeline.digits import CLASSNAMES, TEMPLATES, main, write_digits
+from clipforge.eval.sources import open_source
 
 from .test_clip_benchmark_parity import PEER, REPO
 
@@ -76,7 +76,7 @@ def test_clip_benchmark_reads_it_as_its_own_wds_dataset(tmp_path):
 
 def test_the_documented_command_runs_as_printed(tmp_path):
     doc = (REPO / "docs" / "eval.md").read_text()
-    line = re.search(r"^python -m data_pipeline\.digits runs/digits$", doc, flags=re.M)
+    line = re.search(r"^python -m clipforge.data_pipeline\.digits runs/digits$", doc, flags=re.M)
     assert line, "docs/eval.md: the digits command"
     proc = subprocess.run([sys.executable, *line.group(0).split()[1:]], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
@@ -90,5 +90,5 @@ def test_the_documented_command_runs_as_printed(tmp_path):
 def test_bad_arguments_are_one_line(tmp_path, capsys, argv, message):
     assert main([str(tmp_path / "d"), *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"python -m data_pipeline.digits: error: {message}" + \
+    assert err == f"python -m clipforge.data_pipeline.digits: error: {message}" + \
         (" (the digits are 8x8)" if "size" in message else "")

@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 def run_eval(nproc, args, out):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "eval"]
+        cmd = [sys.executable, "-m", "clipforge.eval"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "eval"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "clipforge.eval"]
     proc = subprocess.run(cmd + [str(a) for a in args] + ["--out", str(out), "--quiet"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,8 +6,8 @@ import tempfile
 
 import pytest
 
-from data_pipeline.convert.api import convert
-from eval.cli import main
+from clipforge.data_pipeline.convert.api import convert
+from clipforge.eval.cli import main
 
 
 @pytest.mark.flickr8k

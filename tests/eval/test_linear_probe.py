@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from eval.probe import WD_GRID, ProbeConfig, fewshot_order, linear_probe
+from clipforge.eval.probe import WD_GRID, ProbeConfig, fewshot_order, linear_probe
 
 from .layouts import images, write_wds
 from .test_cli import run_cli
@@ -64,7 +64,7 @@ def test_val_share_sweeps_weight_decay_and_features_are_cached(wds, tiny_model, 
 
     def no_embedding(*a, **k):
         raise AssertionError("embedded although the features are cached")
-    monkeypatch.setattr("eval.features.embed_share", no_embedding)
+    monkeypatch.setattr("clipforge.eval.features.embed_share", no_embedding)
     again, _ = probe_cli(root / "export", wds, tmp_path / "b.json", capsys)
     assert again["metrics"] == first["metrics"]
     monkeypatch.undo()

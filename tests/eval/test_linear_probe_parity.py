@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from eval.probe import ProbeConfig, linear_probe
+from clipforge.eval.probe import ProbeConfig, linear_probe
 
 from .test_clip_benchmark_parity import PEER, REPO
 

@@ -8,8 +8,8 @@ largest logit (torch.topk / argmax), so a NaN row predicts class 0 there.
 ranks_from_logits now ranks NaN as +inf, lower index first on ties: argmax's choice."""
 import torch
 
-from eval.classification import ranks_from_logits
-from eval.probe import ProbeConfig, linear_probe
+from clipforge.eval.classification import ranks_from_logits
+from clipforge.eval.probe import ProbeConfig, linear_probe
 
 def test_nan_logits_rank_as_the_largest_lower_index_first():
     logits = torch.full((10, 10), float("nan"))

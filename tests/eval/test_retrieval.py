@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.retrieval import chance_levels, retrieval_metrics
+from clipforge.eval.retrieval import chance_levels, retrieval_metrics
 
 
 def f32(count, total):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.retrieval import retrieval_metrics
+from clipforge.eval.retrieval import retrieval_metrics
 from tests.eval.test_retrieval import random_set, reference_ranks
 from tests.memory_probes import LargestAllocation
 

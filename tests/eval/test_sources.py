@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from eval.classification import classification_metrics, zero_shot_classifier
-from eval.datasets import EvalDataError
-from eval.sources import open_source
+from clipforge.eval.classification import classification_metrics, zero_shot_classifier
+from clipforge.eval.datasets import EvalDataError
+from clipforge.eval.sources import open_source
 
 from .layouts import CLASSES, images, write_image_folder, write_labelled_shards, write_wds
 from .test_cli import run_cli

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from data_pipeline.convert.api import convert
-from data_pipeline.digits import write_digits
-from data_pipeline.synthetic import make_synthetic_dataset
-from eval.cli import main
-from eval.suite import SuiteError, load_suite
+from clipforge.data_pipeline.convert.api import convert
+from clipforge.data_pipeline.digits import write_digits
+from clipforge.data_pipeline.synthetic import make_synthetic_dataset
+from clipforge.eval.cli import main
+from clipforge.eval.suite import SuiteError, load_suite
 
 from ..conftest import FLICKR8K
 from .test_clip_benchmark_parity import PEER, REPO
@@ -34,7 +34,7 @@ RAN = TASKS if HAVE_FLICKR8K else [t for t in TASKS if t != "flickr8k-retrieval"
 @pytest.fixture(scope="module")
 def suite_root(tmp_path_factory):
     """What the suite's root (runs/) holds after `clipforge demo`, `make flickr8k` and
-    `python -m data_pipeline.digits runs/digits`, at test size."""
+    `python -m clipforge.data_pipeline.digits runs/digits`, at test size."""
     root = tmp_path_factory.mktemp("runs")
     demo = root / "demo"
     captions = make_synthetic_dataset(str(demo / "raw"), num_train=60, num_val=30, size=64, seed=4)

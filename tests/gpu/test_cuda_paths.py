@@ -26,7 +26,7 @@ RECALL_TOL = 0.05
 
 
 def _config(run_dir, stage: int, precision: str, steps: int, batch: int = 16, *extra):
-    from modeling.config import load_config
+    from clipforge.modeling.config import load_config
     return load_config(None, [f"model.name={TINY_MODEL}", "data.sources=[{path: synthetic}]", f"train.steps={steps}",
                               f"train.global_batch_size={batch}", "train.log_every=1", f"train.run_dir={run_dir}",
                               "train.device=cuda", f"deepspeed.zero_stage={stage}", f"deepspeed.precision={precision}",
@@ -77,7 +77,7 @@ def _sigterm_at(call: int):
 
 def test_sigterm_checkpoint_and_resume_equal_the_uninterrupted_run_on_cuda(tmp_path, gpu_out):
     import torch
-    from pretrain.run import run
+    from clipforge.pretrain.run import run
     from tests.pretrain.synthetic import synthetic_factory
 
     previous = torch.are_deterministic_algorithms_enabled()
@@ -102,8 +102,8 @@ def test_sigterm_checkpoint_and_resume_equal_the_uninterrupted_run_on_cuda(tmp_p
 
 @pytest.fixture(scope="module")
 def eval_shards(tmp_path_factory):
-    from data_pipeline.convert.api import convert
-    from data_pipeline.synthetic import make_synthetic_dataset
+    from clipforge.data_pipeline.convert.api import convert
+    from clipforge.data_pipeline.synthetic import make_synthetic_dataset
     root = tmp_path_factory.mktemp("evalset")
     captions = make_synthetic_dataset(str(root / "raw"), num_train=0, num_val=40, size=64, seed=3)
     convert([str(captions)], str(root / "shards"), image_size=64, samples_per_shard=16, progress=False)
@@ -112,7 +112,7 @@ def eval_shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from pretrain.run import run
+    from clipforge.pretrain.run import run
     run_dir = str(tmp_path_factory.mktemp("export") / "run")
     assert run(_config(run_dir, 0, "bf16", 3), _repeating_factory) == 0
     assert os.path.isfile(os.path.join(run_dir, "export", "open_clip_config.json"))
@@ -122,8 +122,8 @@ def exported(tmp_path_factory):
 def test_exported_model_embeds_the_same_under_autocast_and_fp32_on_cuda(exported, gpu_out):
     import torch
     import torch.nn.functional as F
-    from eval.embed import autocast_for
-    from eval.load_model import load_model
+    from clipforge.eval.embed import autocast_for
+    from clipforge.eval.load_model import load_model
     from tests.pretrain.synthetic import SyntheticLoader
 
     m = load_model(exported)
@@ -146,7 +146,7 @@ def test_exported_model_embeds_the_same_under_autocast_and_fp32_on_cuda(exported
 
 
 def test_clipforge_eval_cli_on_cuda_autocast_within_tolerance_of_fp32(exported, eval_shards, tmp_path, gpu_out):
-    from eval.cli import main
+    from clipforge.eval.cli import main
     results = {}
     for precision in ("fp32", "fp16", "bf16"):
         out = tmp_path / f"{precision}.json"
@@ -178,7 +178,7 @@ def test_tiled_loss_at_262144_runs_on_cuda_and_reports_its_memory(gpu_out):
 @pytest.mark.parametrize("stage", [0, 2, 3])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_trains_finite_and_falling_with_mfu_and_peak_memory(precision, stage, tmp_path, gpu_out):
-    from pretrain.run import run
+    from clipforge.pretrain.run import run
     run_dir = str(tmp_path / f"{precision}_z{stage}")
     code = run(_config(run_dir, stage, precision, 12), _repeating_factory)
     rows = _rows(run_dir)

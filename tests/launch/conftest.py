@@ -67,7 +67,7 @@ def submitted_job_ids(stdout: str):
 @pytest.fixture(scope="session")
 def raw_dataset(tmp_path_factory) -> Path:
     """48 + 8 synthetic scenes (images + captions.csv), the demo's generator."""
-    from data_pipeline.synthetic import make_synthetic_dataset
+    from clipforge.data_pipeline.synthetic import make_synthetic_dataset
     return make_synthetic_dataset(str(tmp_path_factory.mktemp("raw")), num_train=48, num_val=8, size=48)
 
 

@@ -11,10 +11,10 @@ TINY_MODEL = REPO / "configs" / "models" / "tiny-vit.json"
 
 
 def clipforge(*args: str, cwd=None, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m launch.cli ARGS` (= `clipforge ARGS`) with the repo importable from any cwd."""
+    """`python -m clipforge.launch.cli ARGS` (= `clipforge ARGS`) with the repo importable from any cwd."""
     full_env = dict(os.environ if env is None else env)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "clipforge.launch.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,10 +1,10 @@
-"""`clipforge launch` catches user errors only (clipforge_base.errors.UserError: one line, exit 2); a bug inside
+"""`clipforge launch` catches user errors only (clipforge.errors.UserError: one line, exit 2); a bug inside
 it -- a plain ValueError included, though ConfigError and LaunchError derive from it -- raises with its traceback
 (exit 1). In process, through the `clipforge` dispatcher, for each of launch's paths: local, slurm, slurm convert."""
 import pytest
 
-from clipforge_base.errors import UserFileNotFound
-from launch import cli
+from clipforge.errors import UserFileNotFound
+from clipforge.launch import cli
 
 from .launch_helpers import marker_dataset, write_config
 
@@ -23,9 +23,9 @@ def _train_args(tmp_path, mode: str) -> list:
 
 
 PATHS = {  # launch path -> (the internal function that breaks, the command line)
-    "local": ("launch.commands.torchrun_args", lambda tmp_path: _train_args(tmp_path, "local")),
-    "slurm": ("launch.commands.render_train_script", lambda tmp_path: _train_args(tmp_path, "slurm")),
-    "slurm-convert": ("launch.slurm_jobs.convert_scripts", lambda tmp_path: [
+    "local": ("clipforge.launch.commands.torchrun_args", lambda tmp_path: _train_args(tmp_path, "local")),
+    "slurm": ("clipforge.launch.commands.render_train_script", lambda tmp_path: _train_args(tmp_path, "slurm")),
+    "slurm-convert": ("clipforge.launch.slurm_jobs.convert_scripts", lambda tmp_path: [
         "launch", "slurm", "convert", "--parts", "2", "--out", str(tmp_path / "o"), "--dry-run", "--", "in.csv"]),
 }
 

@@ -4,11 +4,11 @@ import sys
 
 import pytest
 
-from launch.cli import COMMANDS
+from clipforge.launch.cli import COMMANDS
 
 
 def _clipforge(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "clipforge.launch.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_top_level_help_lists_every_command():

@@ -11,7 +11,7 @@ import pytest
 def test_demo_runs_end_to_end_and_learns(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "launch", "demo", "--out", str(out), "--train-images", "800", "--val-images", "200",
+        [sys.executable, "-m", "clipforge.launch", "demo", "--out", str(out), "--train-images", "800", "--val-images", "200",
          "train.epochs=3"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "clipforge demo results" in result.stdout and "x chance" in result.stdout

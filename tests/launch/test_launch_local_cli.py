@@ -5,8 +5,8 @@ import re
 import shlex
 import sys
 
-from launch.commands import run_forwarding_signals
-from launch.torchrun import FORWARDED_SIGNALS, local_env, run_id_for
+from clipforge.launch.commands import run_forwarding_signals
+from clipforge.launch.torchrun import FORWARDED_SIGNALS, local_env, run_id_for
 
 from .launch_helpers import clipforge, write_config
 
@@ -21,9 +21,9 @@ def test_dry_run_prints_the_standalone_torchrun_command(tmp_path):
     assigned = list(itertools.takewhile(lambda w: re.match(r"^[A-Z_]+=", w), words))   # env first, copy-pastable
     assert f"OMP_NUM_THREADS={max(1, os.cpu_count() // 2)}" in assigned   # the cores split over 2 ranks
     assert words[len(assigned):] == [
-        "/opt/py/bin/python", "-m", "pretrain.torchrun", "--nproc-per-node=2",
+        "/opt/py/bin/python", "-m", "clipforge.pretrain.torchrun", "--nproc-per-node=2",
         f"--signals-to-handle={FORWARDED_SIGNALS}", "--shutdown-timeout=30", "--standalone",
-        "-m", "pretrain", "--config", str(cfg), "optim.lr=2e-3"]
+        "-m", "clipforge.pretrain", "--config", str(cfg), "optim.lr=2e-3"]
     assert not (tmp_path / "run").exists()   # a dry run writes nothing
 
 

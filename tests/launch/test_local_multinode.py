@@ -22,7 +22,7 @@ def test_two_local_invocations_with_nnodes_2_equal_one_node(tiny_run_config, ref
     run_dir = tmp_path / "run"
     endpoint = f"127.0.0.1:{_free_port()}"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    nodes = [subprocess.Popen([sys.executable, "-m", "launch.cli", "launch", "local", "--config", str(tiny_run_config),
+    nodes = [subprocess.Popen([sys.executable, "-m", "clipforge.launch.cli", "launch", "local", "--config", str(tiny_run_config),
                                "--nproc", "1", "--nnodes", "2", "--node-rank", str(rank), "--rdzv-endpoint", endpoint,
                                f"train.run_dir={run_dir}"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

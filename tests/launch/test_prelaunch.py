@@ -63,7 +63,7 @@ def test_a_flag_spelling_of_a_config_key_suggests_the_dotted_key(base, command):
 def test_dry_run_reports_a_missing_path_but_still_prints_the_command(base):
     # a dry run is often made away from the cluster's file systems: a warning, the command, exit 0
     result = clipforge("launch", "local", "--config", str(base), "--dry-run", "data.val_path=/nope/val")
-    assert result.returncode == 0 and "pretrain.torchrun" in result.stdout
+    assert result.returncode == 0 and "clipforge.pretrain.torchrun" in result.stdout
     assert "warning: data.val_path='/nope/val'" in result.stderr
 
 

@@ -106,7 +106,7 @@ def test_launch_imports_no_torch_or_deepspeed(tmp_path):
 import sys, contextlib, io
 for name in ("torch", "deepspeed", "open_clip"):   # as on a login node without them: importing raises
     sys.modules[name] = None
-from launch.cli import main
+from clipforge.launch.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     assert main(["launch", "slurm", "--config", {str(cfg)!r}, "--nodes", "2", "--dry-run"]) == 0
     assert main(["launch", "local", "--config", {str(cfg)!r}, "--nproc", "2", "--dry-run"]) == 0

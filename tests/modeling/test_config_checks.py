@@ -2,7 +2,7 @@
 time in one line naming the key."""
 import pytest
 
-from modeling.config import ConfigError, load_config
+from clipforge.modeling.config import ConfigError, load_config
 
 
 def load(*overrides):

@@ -1,7 +1,7 @@
 """`eval.ema` is refused up front (one ConfigError naming the keys) unless there is an EMA and a val set."""
 import pytest
 
-from modeling.config import ConfigError, load_config
+from clipforge.modeling.config import ConfigError, load_config
 
 BASE = ["data.sources=[{path: synthetic}]", "train.steps=10"]
 

@@ -23,16 +23,16 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 from storage_faults import failing_save  # noqa: E402
 from synthetic import SyntheticLoader, synthetic_factory  # noqa: E402
 
-import pretrain.deepspeed_fixes as fixes_module  # noqa: E402
-from modeling.config import check_batch_split, load_config  # noqa: E402
-from pretrain.distributed import init_distributed  # noqa: E402
-from pretrain.engine import build_engine  # noqa: E402
-from modeling.preprocess import images_to_input  # noqa: E402
-from pretrain.export import export_model  # noqa: E402
-from pretrain.loss import build_loss  # noqa: E402
-from modeling.model import build_model  # noqa: E402
-from pretrain.run import _seed_all, run  # noqa: E402
-from pretrain.step import TextInput, _forward_backward  # noqa: E402
+import clipforge.pretrain.deepspeed_fixes as fixes_module  # noqa: E402
+from clipforge.modeling.config import check_batch_split, load_config  # noqa: E402
+from clipforge.pretrain.distributed import init_distributed  # noqa: E402
+from clipforge.pretrain.engine import build_engine  # noqa: E402
+from clipforge.modeling.preprocess import images_to_input  # noqa: E402
+from clipforge.pretrain.export import export_model  # noqa: E402
+from clipforge.pretrain.loss import build_loss  # noqa: E402
+from clipforge.modeling.model import build_model  # noqa: E402
+from clipforge.pretrain.run import _seed_all, run  # noqa: E402
+from clipforge.pretrain.step import TextInput, _forward_backward  # noqa: E402
 
 TINY = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "models", "tiny-vit.json"))
 

@@ -1,8 +1,8 @@
 """Real train/val shards of the bundled synthetic scenes (the converter's output), for the 2-rank CLI tests."""
 from pathlib import Path
 
-from data_pipeline.convert import convert
-from data_pipeline.synthetic import make_synthetic_dataset
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.synthetic import make_synthetic_dataset
 
 
 def synthetic_shards(root: Path, num_val: int) -> Path:

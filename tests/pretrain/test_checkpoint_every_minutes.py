@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-import pretrain.checkpoint as checkpoint_module
-from pretrain.checkpoint import CheckpointManager
+import clipforge.pretrain.checkpoint as checkpoint_module
+from clipforge.pretrain.checkpoint import CheckpointManager
 from tests.pretrain.tiny_run_helpers import checkpoint_tags, rows, run_tiny
 
 

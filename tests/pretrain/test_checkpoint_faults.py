@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pretrain.checkpoint_integrity import problem
+from clipforge.pretrain.checkpoint_integrity import problem
 from tests.pretrain.tiny_run_helpers import checkpoint_tags, losses, run_tiny
 
 MODEL_FILE = "checkpoints/step00000003/mp_rank_00_model_states.pt"

@@ -4,7 +4,7 @@ it, with real DeepSpeed checkpoints: tests/pretrain/test_checkpoint_faults.py)."
 import json
 import os
 
-from pretrain.checkpoint_integrity import CHECKSUMS, newest_intact, problem, sha256_of, write_checksums
+from clipforge.pretrain.checkpoint_integrity import CHECKSUMS, newest_intact, problem, sha256_of, write_checksums
 
 
 def fake_checkpoint(root, tag: str, payload: bytes = b"weights" * 1000) -> str:

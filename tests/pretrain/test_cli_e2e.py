@@ -1,4 +1,4 @@
-"""`python -m pretrain` under torchrun on real shards (converter + streaming loader), 2 gloo ranks:
+"""`python -m clipforge.pretrain` under torchrun on real shards (converter + streaming loader), 2 gloo ranks:
 the run dir's outputs, periodic eval, and a real SIGTERM to torchrun -> checkpoint -> `--resume latest`
 continues with the losses of an uninterrupted run."""
 import json
@@ -39,7 +39,7 @@ eval: {{every_steps: 3, batch_size: 16}}
 
 
 def _torchrun(config: Path, *extra: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pretrain",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clipforge.pretrain",
            "--config", str(config), *extra]
     return subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)

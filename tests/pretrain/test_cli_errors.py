@@ -1,4 +1,4 @@
-"""`clipforge pretrain` catches user errors only (clipforge_base.errors.UserError: one line, exit 2); a bug inside
+"""`clipforge pretrain` catches user errors only (clipforge.errors.UserError: one line, exit 2); a bug inside
 training (here: the loss raising a plain ValueError, as a shape bug would) exits 1 with its traceback."""
 import subprocess
 import sys
@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-import pretrain.run
-from pretrain.cli import main
+from clipforge.pretrain import run as run_module
+from clipforge.pretrain.cli import main
 from synthetic import synthetic_factory
-real_run = pretrain.run.run
+real_run = run_module.run
 
 def broken_loss(loss_fn):
     def loss(*args, **kwargs):
@@ -25,7 +25,7 @@ def broken_loss(loss_fn):
 def run(cfg, **kwargs):
     return real_run(cfg, data_factory=synthetic_factory, loss_wrapper=broken_loss, **kwargs)
 
-pretrain.run.run = run
+run_module.run = run
 sys.exit(main(["--config", sys.argv[1]]))
 """
 

@@ -1,7 +1,7 @@
 """Run-config loading: recipes validate, overrides apply, every error is one line naming the key."""
 import pytest
 
-from modeling.config import ConfigError, check_batch_split, load_config, save_config
+from clipforge.modeling.config import ConfigError, check_batch_split, load_config, save_config
 
 from tests.conftest import CONFIGS
 

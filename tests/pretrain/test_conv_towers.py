@@ -12,9 +12,9 @@ import open_clip
 import pytest
 import torch
 
-from data_pipeline.convert import convert
-from data_pipeline.synthetic import make_synthetic_dataset
-from modeling.model import embed_dim
+from clipforge.data_pipeline.convert import convert
+from clipforge.data_pipeline.synthetic import make_synthetic_dataset
+from clipforge.modeling.model import embed_dim
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -52,7 +52,7 @@ def test_conv_tower_trains_in_bf16_and_is_evaluated(tower, shards, tmp_path):
     run = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text("train: {device: cpu}\n")
-    cmd = [sys.executable, "-m", "pretrain", "--config", str(config), f"model.name={model}", f"data.sources=[{{path: {shards / 'train'}}}]",
+    cmd = [sys.executable, "-m", "clipforge.pretrain", "--config", str(config), f"model.name={model}", f"data.sources=[{{path: {shards / 'train'}}}]",
            f"data.val_path={shards / 'val'}", "data.workers=0", "train.steps=2", "train.global_batch_size=8",
            "train.log_every=1", f"train.run_dir={run}", "deepspeed.zero_stage=2",
            "deepspeed.precision=bf16", "optim.warmup_steps=1", "checkpoint.every_steps=1000",
@@ -66,7 +66,7 @@ def test_conv_tower_trains_in_bf16_and_is_evaluated(tower, shards, tmp_path):
 
 
 def _average_on_two_ranks(rank: int, world: int) -> None:
-    from pretrain.distributed import average_batchnorm_statistics
+    from clipforge.pretrain.distributed import average_batchnorm_statistics
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm1d(2)).bfloat16()
     ranks = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import deepspeed_fixes, engine
-from pretrain.deepspeed_fixes import UntestedDeepSpeed
+from clipforge.pretrain import deepspeed_fixes, engine
+from clipforge.pretrain.deepspeed_fixes import UntestedDeepSpeed
 
 
 def test_the_installed_deepspeed_is_the_tested_one():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.checkpoint import tag_for
+from clipforge.pretrain.checkpoint import tag_for
 
 from .synthetic_shards import synthetic_shards
 
@@ -38,7 +38,7 @@ deepspeed: {{zero_stage: {stage}, precision: {precision}}}
 checkpoint: {{every_steps: 100}}
 eval: {{every_steps: {EVERY}, batch_size: 8, ema: true}}
 """)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pretrain",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "clipforge.pretrain",
            "--config", str(config)]
     done = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -47,7 +47,7 @@ eval: {{every_steps: {EVERY}, batch_size: 8, ema: true}}
 
 
 def _scored(model: Path, shards: Path, precision: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "eval", "--model", str(model), "--data", str(shards / "val"), "--task", "retrieval",
+    cmd = [sys.executable, "-m", "clipforge.eval", "--model", str(model), "--data", str(shards / "val"), "--task", "retrieval",
            "--batch-size", "8", "--precision", precision, "--quiet", "--out", str(out)]
     done = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

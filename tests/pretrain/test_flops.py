@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling.flops import clip_flops, train_flops_per_sample, transformer_macs
-from modeling.model import resolve_model_config
+from clipforge.modeling.flops import clip_flops, train_flops_per_sample, transformer_macs
+from clipforge.modeling.model import resolve_model_config
 
 # (model, image GFLOPs, text GFLOPs) from open_clip docs/model_profile.csv (fvcore, 2 FLOPs/MAC)
 PUBLISHED = [("ViT-B-32", 8.82, 5.96), ("ViT-B-16", 35.13, 5.96), ("ViT-L-14", 162.03, 13.30),

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pretrain.distributed import all_gather_no_grad, all_gather_with_grad, gather_sizes
+from clipforge.pretrain.distributed import all_gather_no_grad, all_gather_with_grad, gather_sizes
 
 
 def _free_port() -> int:

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from modeling.config import LossConfig
-from pretrain.loss import build_loss, per_micro_batch, splice_micro_batch
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.loss import build_loss, per_micro_batch, splice_micro_batch
 
 
 def _features(n: int, d: int, seed: int, dtype=torch.float64):

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from modeling.config import LossConfig
-from pretrain.loss import build_loss
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.loss import build_loss
 from tests.pretrain.test_gather_dist import spawn_gloo
 from tests.pretrain.test_loss import _features
 

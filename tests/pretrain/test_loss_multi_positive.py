@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling.config import LossConfig
-from pretrain.loss import ContrastiveLoss
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.loss import ContrastiveLoss
 
 
 def naive_multi_positive(image, text, scale, image_ids, text_ids):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pretrain.metrics import MetricsLogger, eval_line, loss_figure, plot_loss
+from clipforge.pretrain.metrics import MetricsLogger, eval_line, loss_figure, plot_loss
 
 NO_FLOPS_MODEL = {"vision_cfg": {"timm_model_name": "unmodelled"}, "text_cfg": {}}
 

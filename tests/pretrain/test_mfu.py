@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import modeling.flops
-import pretrain.metrics as metrics
-from modeling.model import resolve_model_config
+from clipforge.modeling import flops as modeling_flops
+import clipforge.pretrain.metrics as metrics
+from clipforge.modeling.model import resolve_model_config
 
 BATCH, PEAK, SECONDS = 8, 1e12, 2.0
 
@@ -54,7 +54,7 @@ class FakeDist:
 def clock(monkeypatch):
     now = {"t": 100.0}
     monkeypatch.setattr(metrics, "time", types.SimpleNamespace(perf_counter=lambda: now["t"], time=lambda: 0.0))
-    monkeypatch.setattr(modeling.flops, "peak_bf16_flops", lambda device_name: PEAK)
+    monkeypatch.setattr(modeling_flops, "peak_bf16_flops", lambda device_name: PEAK)
     return now
 
 
@@ -83,7 +83,7 @@ def test_logged_mfu_equals_counted_flops_per_second_over_peak(world, clock, monk
 def test_no_mfu_without_a_known_peak_or_a_countable_model(clock, monkeypatch, tmp_path, tiny_model_config):
     monkeypatch.setattr(metrics, "dist", FakeDist(1))
     for cfg, peak in ((resolve_model_config(str(tiny_model_config)), None), (resolve_model_config("RN50"), PEAK)):
-        monkeypatch.setattr(modeling.flops, "peak_bf16_flops", lambda device_name, p=peak: p)
+        monkeypatch.setattr(modeling_flops, "peak_bf16_flops", lambda device_name, p=peak: p)
         logger = metrics.MetricsLogger(str(tmp_path / str(peak)), 0, 1, torch.device("cpu"), cfg)
         logger.add(BATCH, 0.0)
         clock["t"] += 1.0

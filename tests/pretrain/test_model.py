@@ -5,11 +5,11 @@ import open_clip
 import pytest
 import torch
 
-from modeling.config import load_config
-from pretrain.engine import deepspeed_config
-from pretrain.param_groups import param_groups
-from pretrain.export import write_export
-from modeling.model import ModelConfigError, build_model, resolve_model_config
+from clipforge.modeling.config import load_config
+from clipforge.pretrain.engine import deepspeed_config
+from clipforge.pretrain.param_groups import param_groups
+from clipforge.pretrain.export import write_export
+from clipforge.modeling.model import ModelConfigError, build_model, resolve_model_config
 
 
 def cfg_for(tiny_model_config, *overrides):

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from modeling.config import load_config
-from pretrain.engine import NonfiniteGuard, nonfinite_guards
+from clipforge.modeling.config import load_config
+from clipforge.pretrain.engine import NonfiniteGuard, nonfinite_guards
 
 
 class StandInEngine:

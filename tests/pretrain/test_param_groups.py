@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling.config import ConfigError, load_config
-from modeling.model import build_model
-from pretrain.distributed import DistInfo
-from pretrain.engine import optimizer_for
-from pretrain.param_groups import group_table, param_groups
-from pretrain.schedule import set_lr
+from clipforge.modeling.config import ConfigError, load_config
+from clipforge.modeling.model import build_model
+from clipforge.pretrain.distributed import DistInfo
+from clipforge.pretrain.engine import optimizer_for
+from clipforge.pretrain.param_groups import group_table, param_groups
+from clipforge.pretrain.schedule import set_lr
 
 LR, LR_TEXT = 1e-3, 2e-3
 RESNET = {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import logging
-from pretrain.distributed import init_distributed
+from clipforge.pretrain.distributed import init_distributed
 init_distributed("cpu")
 logging.getLogger("DeepSpeed").warning("a later DeepSpeed warning")
 import warnings  # what torch says each time DeepSpeed's ZeRO calls a renamed collective: silenced too

@@ -5,9 +5,9 @@ import types
 
 import pytest
 
-from modeling.config import ConfigError, TrainConfig, load_config
-from pretrain.feed import DataFeed
-from pretrain.rollback import DivergenceWatch
+from clipforge.modeling.config import ConfigError, TrainConfig, load_config
+from clipforge.pretrain.feed import DataFeed
+from clipforge.pretrain.rollback import DivergenceWatch
 from tests.pretrain.synthetic import SyntheticLoader
 
 

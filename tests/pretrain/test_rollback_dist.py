@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pretrain.checkpoint_integrity import problem
+from clipforge.pretrain.checkpoint_integrity import problem
 from tests.pretrain.test_trainer_dist import _launch, max_diff, weights
 
 pytestmark = pytest.mark.multiprocess

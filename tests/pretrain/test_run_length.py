@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from modeling.config import load_config
-from pretrain.rundir import target_steps
+from clipforge.modeling.config import load_config
+from clipforge.pretrain.rundir import target_steps
 from tests.data_pipeline.conftest import write_dataset
 from tests.pretrain.tiny_run_helpers import checkpoint_tags, rows, run_tiny
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modeling.config import ConfigError, load_config, save_config
-from pretrain.rundir import check_resume, describe, run_info
+from clipforge.modeling.config import ConfigError, load_config, save_config
+from clipforge.pretrain.rundir import check_resume, describe, run_info
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_explicit_resume_compares_with_the_checkpoints_own_run(tmp_path):
 
 
 def _pretrain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pretrain", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "clipforge.pretrain", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=60)
 
 
@@ -125,7 +125,7 @@ def test_pretrain_refuses_a_breaking_change_before_deepspeed(tmp_path):
 
 def test_launch_dry_run_says_where_it_resumes_and_checks_the_world_size(tmp_path):
     config = _run_dir(tmp_path, ranks=2)
-    launch = [sys.executable, "-m", "launch.cli", "launch", "local", "--config", str(config)]
+    launch = [sys.executable, "-m", "clipforge.launch.cli", "launch", "local", "--config", str(config)]
     result = subprocess.run(launch + ["--nproc", "2", "--dry-run", "train.steps=8"], capture_output=True,
                             text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0 and "will resume from step 5" in result.stderr, result.stderr

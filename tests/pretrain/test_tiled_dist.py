@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from modeling.config import LossConfig
+from clipforge.modeling.config import LossConfig
 from tests.pretrain.test_gather_dist import spawn_gloo
 from tests.pretrain.test_tiled import features, loss_and_grads, rel_err
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling.config import LossConfig
-from pretrain.loss import build_loss
+from clipforge.modeling.config import LossConfig
+from clipforge.pretrain.loss import build_loss
 from tests.memory_probes import LargestAllocation, saved_bytes
 
 B, D, TILE = 512, 16, 64

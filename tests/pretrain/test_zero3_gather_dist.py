@@ -15,10 +15,10 @@ TINY = REPO / "configs" / "models" / "tiny-vit.json"
 GATHER_REPEATEDLY = r"""
 import sys, torch, deepspeed, torch.distributed as dist
 from pathlib import Path
-from modeling.config import load_config
-from pretrain.distributed import init_distributed
-from pretrain.engine import build_engine
-from modeling.model import build_model
+from clipforge.modeling.config import load_config
+from clipforge.pretrain.distributed import init_distributed
+from clipforge.pretrain.engine import build_engine
+from clipforge.modeling.model import build_model
 
 cfg = load_config(None, [f"model.name={sys.argv[1]}", "data.sources=[{path: unused}]", "train.steps=1",
                          "train.global_batch_size=4", "train.device=cpu", "train.run_dir=" + sys.argv[2],

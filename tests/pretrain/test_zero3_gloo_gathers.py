@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from modeling.config import load_config
-from modeling.model import build_model
-from pretrain import engine
-from pretrain.distributed import DistInfo
+from clipforge.modeling.config import load_config
+from clipforge.modeling.model import build_model
+from clipforge.pretrain import engine
+from clipforge.pretrain.distributed import DistInfo
 
 
 class ConfigWritten(Exception):

@@ -30,9 +30,9 @@ sys.path.insert(0, REPO)
 import open_clip.transformer  # noqa: E402
 import torch  # noqa: E402
 
-import pretrain.checkpoint  # noqa: E402
-from modeling.config import load_config  # noqa: E402
-from pretrain.run import run, stream_loader  # noqa: E402
+from clipforge.pretrain import checkpoint as checkpoint_module  # noqa: E402
+from clipforge.modeling.config import load_config  # noqa: E402
+from clipforge.pretrain.run import run, stream_loader  # noqa: E402
 from storage_faults import damage, failing_save  # noqa: E402
 from synthetic import synthetic_factory  # noqa: E402
 
@@ -59,10 +59,10 @@ def one_run(out: str, spec: dict) -> dict:
     open_clip.transformer.checkpoint = counting_checkpoint
 
     clock = {"now": 1000.0}
-    real_time = pretrain.checkpoint.time
+    real_time = checkpoint_module.time
     step_s = spec.get("clock_s_per_step")
     if step_s is not None:
-        pretrain.checkpoint.time = types.SimpleNamespace(monotonic=lambda: clock["now"])
+        checkpoint_module.time = types.SimpleNamespace(monotonic=lambda: clock["now"])
 
     calls = {"n": 0}
 
@@ -99,7 +99,7 @@ def one_run(out: str, spec: dict) -> dict:
         torch.save = real_save
         open_clip.transformer.checkpoint = real_checkpoint
         open_clip.transformer.Transformer.forward = real_forward
-        pretrain.checkpoint.time = real_time
+        checkpoint_module.time = real_time
     return report
 
 
