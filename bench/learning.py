@@ -5,7 +5,8 @@
 Runs, each timed launch -> final weights, each export scored by `clipforge eval` on the test split:
   peer-scratch   open_clip_train 3.3.0 (`python -m open_clip_train.main`, CSV of the train captions, one row
                  per caption), the recipes' model (configs/models/flickr8k-rn.json) as a local-dir config,
-                 batch 128, lr 1e-3, wd 0.2, warmup 50, 5 epochs (1,170 steps), fp32, 1 worker
+                 batch 128, lr 1e-3, wd 0.2, warmup 50, 5 epochs (1,170 steps), fp32, 1 worker; 2 ranks
+                 (torchrun on gloo, bench/peer_ddp.py), the same 2 CPU processes as clipforge's runs
   peer-lit       the same with the locked MiniLM (open_clip's HF tower, `--lock-text`), run every step
   parity         clipforge at exactly those settings (1 caption per visit, no clipping, fp32, 1,170 steps) and
                  open_clip_train's defaults for a model not named ViT: AdamW betas 0.9/0.999, eps 1e-8, crops
@@ -39,6 +40,7 @@ CLIPFORGE = [str(Path(PY).parent / "clipforge")]  # the console script of the ve
 # run train the very same shape, so the table compares trainers, not models.
 MODEL = REPO / "configs" / "models" / "flickr8k-rn.json"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+RANKS = 2  # processes per run, peer and clipforge alike: one per core of the 2-core machine
 RUNS = ("peer-scratch", "peer-lit", "parity", "recipe-scratch", "recipe-lit")
 FULL = {"batch": 128, "epochs": 5, "steps": 1170, "eval_every": 117}
 QUICK = {"batch": 16, "epochs": 1, "steps": 3, "eval_every": 3}
@@ -124,9 +126,13 @@ def run_peer(name: str, lit: bool, splits, out: Path, p: Dict) -> Dict:
     model_dir = peer_model_dir(out, lit)
     logs = out / "peer-logs"
     run = logs / name
-    cmd = [PY, "-m", "open_clip_train.main", "--train-data", splits["csv"], "--dataset-type", "csv", "--csv-separator", ",",
+    # 2 ranks on gloo, like clipforge's runs: each rank a 64-sample half of the 128 batch, the loss over the
+    # whole batch (--local-loss --gather-with-grad: each rank's rows against every rank's columns).
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", RANKS, "-m", "--", "bench.peer_ddp",
+           "--train-data", splits["csv"], "--dataset-type", "csv", "--csv-separator", ",",
            "--csv-img-key", "filepath", "--csv-caption-key", "title", "--model", f"local-dir:{model_dir}",
-           "--batch-size", p["batch"], "--lr", "1e-3", "--wd", "0.2", "--warmup", "50", "--epochs", p["epochs"],
+           "--batch-size", p["batch"] // RANKS, "--local-loss", "--gather-with-grad",
+           "--lr", "1e-3", "--wd", "0.2", "--warmup", "50", "--epochs", p["epochs"],
            "--workers", "1", "--precision", "fp32", "--save-frequency", "1", "--seed", "0", "--device", "cpu",
            "--logs", logs, "--name", name, "--report-to", "", "--log-every-n-steps", "20"]
     if lit:
@@ -164,7 +170,7 @@ def run_clipforge(name: str, config: str, overrides: List[str], splits, out: Pat
     run = reuse if reuse is not None and (reuse / "model.pt").is_file() and (reuse / "wall_time_s").is_file() \
         else out / name
     if run == out / name and not (run / "model.pt").is_file():
-        wall = sh(CLIPFORGE + ["launch", "local", "--config", config, "--nproc", "2", f"train.run_dir={run}",
+        wall = sh(CLIPFORGE + ["launch", "local", "--config", config, "--nproc", RANKS, f"train.run_dir={run}",
                                f"data.sources=[{{path: '{splits['train']}'}}]", f"data.val_path={splits['dev']}",
                                *overrides], out / f"{name}.log")
         (run / "wall_time_s").write_text(f"{wall:.0f}\n")
