@@ -1,5 +1,5 @@
 """Command-line flags built from an options dataclass, so that each option's default and help text are written once,
-on its field (stdlib only: data_pipeline, eval and modeling all use it).
+on its field (stdlib only: data_pipeline, eval, launch and modeling all use it).
 
     @dataclass
     class Options:

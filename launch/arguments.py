@@ -1,7 +1,9 @@
 """What every `clipforge launch` parser shares (launch local|slurm in commands.py, launch slurm convert|eval in
-slurm_jobs.py): the examples their --help ends with, and the slurm resource flags -> SlurmOptions."""
+slurm_jobs.py): the examples their --help ends with, and the slurm resource flags, built from SlurmOptions's
+fields and read back into it."""
 import argparse
 
+from clipforge.dataclass_cli import add_fields, field_values
 from clipforge.launch.slurm import SlurmOptions
 
 EXAMPLES = """examples:
@@ -17,23 +19,13 @@ EXAMPLES = """examples:
 
 
 def add_slurm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int,
-                   help="GPUs (= ranks) per node; required for a GPU config, 0 (default) = CPU job")
-    p.add_argument("--procs-per-node", type=int, default=1, help="CPU ranks per node when --gpus-per-node 0")
-    p.add_argument("--cpus-per-task", type=int,
-                   help="default: every rank of the task plus its data.workers loader processes")
-    for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
-        p.add_argument(f"--{flag}")
-    p.add_argument("--exclusive", action="store_true")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="export this in the job script (repeatable)")
+    # no --gpus-per-node means "decide from the config" for a training job (resources.slurm_gpus), 0 elsewhere
+    add_fields(p, SlurmOptions, defaults={"gpus_per_node": None})
 
 
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    opts = SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node or 0, procs_per_node=args.procs_per_node,
-                        cpus_per_task=args.cpus_per_task, partition=args.partition, account=args.account,
-                        time=args.time, qos=args.qos, constraint=args.constraint, exclusive=args.exclusive,
-                        mem=args.mem, env=list(args.env), python=args.python)
+    values = field_values(args, SlurmOptions)
+    opts = SlurmOptions(**{**values, "gpus_per_node": values["gpus_per_node"] or 0, "env": list(values["env"])},
+                        python=args.python)
     opts.validate()
     return opts

@@ -13,12 +13,13 @@ import subprocess
 import sys
 from typing import List, Optional
 
+from clipforge.dataclass_cli import add_fields, field_values
 from clipforge.errors import UserError
 from clipforge.launch import slurm_jobs
 from clipforge.launch.arguments import EXAMPLES, add_slurm_args, slurm_options
 from clipforge.launch.resources import cpus_per_task, local_nproc, slurm_gpus, visible_gpus
 from clipforge.launch.slurm import TrainJob, render_train_script, submit, write_script
-from clipforge.launch.torchrun import LaunchError, Rendezvous, local_env, pretrain_args, run_id_for, torchrun_args
+from clipforge.launch.torchrun import LaunchError, LocalLaunchOptions, local_env, pretrain_args, torchrun_args
 from clipforge.modeling.config import ConfigError, RunConfig, check_batch_split, load_config
 from clipforge.pretrain.preflight import preflight, unknown_flag_message
 from clipforge.pretrain.rundir import already_done, check_resume, describe, finished, target_steps
@@ -37,22 +38,10 @@ def _parser(mode: str) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_args(p)
     if mode == "local":
-        p.add_argument("--nproc", type=int, help="ranks on this node (default: one per visible GPU for a GPU "
-                                                 "config, else 1; CPU processes with train.device=cpu)")
-        p.add_argument("--nnodes", type=int, default=1, help="nodes in the rendezvous (default 1: standalone)")
-        p.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 hosts the rendezvous)")
-        p.add_argument("--rdzv-endpoint", help="HOST:PORT of node rank 0, the same on every node")
-        p.add_argument("--rdzv-backend", default="c10d", choices=("c10d", "static"),
-                       help="c10d (default) or static (ranks follow --node-rank; endpoint = master addr:port)")
-        p.add_argument("--rdzv-id", help="rendezvous id (default: derived from train.run_dir, same on every node)")
+        add_fields(p, LocalLaunchOptions)
         return p
     add_slurm_args(p)
-    p.add_argument("--launcher", default="torchrun", choices=("torchrun", "srun"),
-                   help="torchrun: one task per node running torchrun (c10d on the first node); "
-                        "srun: one task per rank, SLURM_* mapped to RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR")
-    p.add_argument("--signal-seconds", type=int, default=300,
-                   help="slurm sends SIGUSR1 this long before --time; the trainer checkpoints, the job requeues")
-    p.add_argument("--max-requeues", type=int, default=20, help="stop requeueing after this many restarts")
+    add_fields(p, TrainJob)   # --launcher, --signal-seconds, --max-requeues
     return p
 
 
@@ -110,15 +99,15 @@ def run_forwarding_signals(argv: List[str], env: dict) -> int:
 
 def launch_local(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    args.nproc = local_nproc(args.nproc, cfg.train.device, visible_gpus())
-    rdzv = Rendezvous(nnodes=args.nnodes, node_rank=args.node_rank, endpoint=args.rdzv_endpoint,
-                      backend=args.rdzv_backend, run_id=args.rdzv_id or run_id_for(cfg.train.run_dir))
-    argv = [args.python, *torchrun_args(args.nproc, rdzv), *pretrain_args(args.config, args.overrides)]
-    done = _checked(args, cfg, args.nproc * args.nnodes)
+    local = LocalLaunchOptions(**field_values(args, LocalLaunchOptions))
+    nproc = local_nproc(local.nproc, cfg.train.device, visible_gpus())
+    rdzv = local.rendezvous(cfg.train.run_dir)
+    argv = [args.python, *torchrun_args(nproc, rdzv), *pretrain_args(args.config, args.overrides)]
+    done = _checked(args, cfg, nproc * local.nnodes)
     if done and not args.dry_run:
         print(f"clipforge launch: {done}", file=sys.stderr)
         return 0
-    env = local_env(dict(os.environ), args.nproc, cfg.train.device)
+    env = local_env(dict(os.environ), nproc, cfg.train.device)
     if args.dry_run:   # copy-pastable: the variables launch adds, then the command
         added = [f"{k}={v}" for k, v in sorted(env.items()) if os.environ.get(k) != v]
         print(shlex.join(added + argv))
@@ -144,9 +133,8 @@ def launch_slurm(args: argparse.Namespace) -> int:
     run_dir = os.path.abspath(cfg.train.run_dir)
     # the job reads a copy made at submission: editing the YAML later cannot change a queued or requeued run
     config_copy = os.path.join(run_dir, "slurm", "submitted-config.yaml")
-    job = TrainJob(opts=opts, run_dir=run_dir, workdir=os.getcwd(),
-                   config=config_copy, overrides=list(args.overrides), launcher=args.launcher,
-                   signal_seconds=args.signal_seconds, max_requeues=args.max_requeues)
+    job = TrainJob(opts=opts, run_dir=run_dir, workdir=os.getcwd(), config=config_copy,
+                   overrides=list(args.overrides), **field_values(args, TrainJob))
     script = render_train_script(job)
     if args.dry_run:
         print(f"# would copy {shlex.quote(args.config)} to {shlex.quote(config_copy)}, write this script to "

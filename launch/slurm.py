@@ -9,13 +9,14 @@ import os
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from clipforge.launch import sbatch_templates
 from clipforge.launch.torchrun import FORWARDED_SIGNALS, LaunchError
 
 from clipforge.atomic import write_atomic
+from clipforge.dataclass_cli import option
 
 # minutes | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS (sbatch --time formats)
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
@@ -37,20 +38,24 @@ def slurm_filename(path: str) -> str:
 
 @dataclass
 class SlurmOptions:
-    """Resources and job settings shared by every kind of job launch writes."""
-    nodes: int = 1
-    gpus_per_node: int = 0           # 0 = CPU job (procs_per_node processes per node)
-    procs_per_node: int = 1          # used when gpus_per_node == 0
-    cpus_per_task: Optional[int] = None
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    time: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    exclusive: bool = False
-    mem: Optional[str] = None
-    env: List[str] = field(default_factory=list)   # KEY=VALUE exported in the script
-    python: str = "python3"
+    """Resources and job settings shared by every kind of job launch writes; the option() fields are the slurm
+    flags of every `clipforge launch slurm` parser (launch/arguments.py)."""
+    nodes: int = option(1, "nodes of the job")
+    # type: the flag's own default is None (launch/arguments.py), which would make it a str
+    gpus_per_node: int = option(0, "GPUs (= ranks) per node; required for a GPU config, 0 (default) = CPU job",
+                                type=int)
+    procs_per_node: int = option(1, "CPU ranks per node when --gpus-per-node 0")
+    cpus_per_task: Optional[int] = option(None, "default: every rank of the task plus its data.workers loader "
+                                                "processes", type=int)
+    partition: Optional[str] = option(None, "sbatch --partition")
+    account: Optional[str] = option(None, "sbatch --account")
+    time: Optional[str] = option(None, "sbatch --time: the job's time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
+    qos: Optional[str] = option(None, "sbatch --qos")
+    constraint: Optional[str] = option(None, "sbatch --constraint")
+    mem: Optional[str] = option(None, "sbatch --mem")
+    exclusive: bool = option(False, "sbatch --exclusive")
+    env: List[str] = option([], "export this in the job script (repeatable)", action="append", metavar="NAME=VALUE")
+    python: str = "python3"          # each parser's --python has its own help (and sys.executable as default)
 
     @property
     def ranks_per_node(self) -> int:
@@ -122,9 +127,12 @@ class TrainJob:
     workdir: str
     config: str
     overrides: List[str]
-    launcher: str = "torchrun"       # torchrun: one task per node; srun: one task per rank
-    signal_seconds: int = 300
-    max_requeues: int = 20
+    launcher: str = option("torchrun", "torchrun: one task per node running torchrun (c10d on the first node); "
+                           "srun: one task per rank, SLURM_* mapped to RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR",
+                           choices=("torchrun", "srun"))
+    signal_seconds: int = option(300, "slurm sends SIGUSR1 this long before --time; the trainer checkpoints, "
+                                      "the job requeues")
+    max_requeues: int = option(20, "stop requeueing after this many restarts")
 
     @property
     def script_path(self) -> str:

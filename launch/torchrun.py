@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from clipforge.dataclass_cli import option
 from clipforge.errors import UserError
 
 # torchrun forwards these to the workers (SIGUSR1 added: slurm's warning signal before the time
@@ -23,18 +24,35 @@ class LaunchError(UserError, ValueError):
 
 @dataclass
 class Rendezvous:
-    """How the torchrun agents of a multi-node job find each other."""
-    nnodes: int = 1
-    node_rank: int = 0
-    endpoint: Optional[str] = None   # HOST:PORT of the c10d store (node 0's address)
-    backend: str = "c10d"            # c10d (agents rank themselves) or static (ranks = --node-rank)
-    run_id: str = "clipforge"
+    """How the torchrun agents of a multi-node job find each other (from LocalLaunchOptions)."""
+    nnodes: int
+    node_rank: int
+    endpoint: Optional[str]          # HOST:PORT of the c10d store (node 0's address)
+    backend: str                     # c10d (agents rank themselves) or static (ranks = --node-rank)
+    run_id: str
 
 
 def run_id_for(run_dir: str) -> str:
     """Rendezvous id both nodes derive from the same config: the run dir's absolute path."""
     digest = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:12]
     return f"clipforge-{digest}"
+
+
+@dataclass
+class LocalLaunchOptions:
+    """`clipforge launch local`'s own flags: the ranks on this node and the rendezvous of a multi-node run."""
+    nproc: Optional[int] = option(None, "ranks on this node (default: one per visible GPU for a GPU config, else 1; "
+                                        "CPU processes with train.device=cpu)", type=int)
+    nnodes: int = option(1, "nodes in the rendezvous (default 1: standalone)")
+    node_rank: int = option(0, "this node's rank (0 hosts the rendezvous)")
+    rdzv_endpoint: Optional[str] = option(None, "HOST:PORT of node rank 0, the same on every node")
+    rdzv_backend: str = option("c10d", "c10d (default) or static (ranks follow --node-rank; endpoint = master "
+                                       "addr:port)", choices=("c10d", "static"))
+    rdzv_id: Optional[str] = option(None, "rendezvous id (default: derived from train.run_dir, same on every node)")
+
+    def rendezvous(self, run_dir: str) -> Rendezvous:
+        return Rendezvous(nnodes=self.nnodes, node_rank=self.node_rank, endpoint=self.rdzv_endpoint,
+                          backend=self.rdzv_backend, run_id=self.rdzv_id or run_id_for(run_dir))
 
 
 def check_endpoint(endpoint: str) -> None:

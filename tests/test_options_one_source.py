@@ -1,10 +1,17 @@
 """The options dataclasses are the one source of their flags' defaults (clipforge/dataclass_cli.py):
-`clipforge convert` with no options gives ConvertOptions(), `clipforge eval` the run config's eval.* defaults."""
+`clipforge convert` with no options gives ConvertOptions(), `clipforge eval` the run config's eval.* defaults,
+`clipforge launch` LocalLaunchOptions(), SlurmOptions() and TrainJob's defaults."""
 import dataclasses
 
 from clipforge.data_pipeline.convert.cli import parser
 from clipforge.data_pipeline.convert.options import ConvertOptions
+from clipforge.dataclass_cli import field_values, flag_fields
 from clipforge.eval.cli import parse_args
+from clipforge.launch.arguments import slurm_options
+from clipforge.launch.commands import _parser as launch_parser
+from clipforge.launch.slurm import SlurmOptions, TrainJob
+from clipforge.launch.slurm_jobs import _parser as slurm_job_parser
+from clipforge.launch.torchrun import LocalLaunchOptions
 from clipforge.modeling.config import RunConfig
 from clipforge.modeling.eval_options import EvalOptions
 
@@ -27,3 +34,23 @@ def test_eval_flags_and_the_periodic_eval_share_names_and_defaults():
         assert getattr(args, f.name) == getattr(periodic, f.name), f.name
     assert parse_args(["--model", "m", "--data", "d", "--task", "retrieval", "--recall-k", "5,1", "10"]).recall_k == \
         [1, 5, 10]
+
+
+def test_launch_flags_default_to_their_dataclasses():
+    """launch local's flags are LocalLaunchOptions', every launch slurm parser's are SlurmOptions' (no
+    --gpus-per-node: 0, a CPU job) and launch slurm's own are TrainJob's: no default is written twice."""
+    local = launch_parser("local").parse_args(["--config", "c.yaml"])
+    assert LocalLaunchOptions(**field_values(local, LocalLaunchOptions)) == LocalLaunchOptions()
+    train = launch_parser("slurm").parse_args(["--config", "c.yaml"])
+    assert slurm_options(train) == SlurmOptions(python=train.python)
+    job = TrainJob(opts=SlurmOptions(), run_dir="r", workdir="w", config="c", overrides=[])
+    assert field_values(train, TrainJob) == {f.name: getattr(job, f.name) for f in flag_fields(TrainJob)}
+    for kind, argv in (("convert", ["--parts", "2", "--out", "o"]), ("eval", ["--job-dir", "j"])):
+        args = slurm_job_parser(kind).parse_args(argv)
+        assert slurm_options(args) == SlurmOptions(python=args.python), kind
+    given = launch_parser("slurm").parse_args(["--config", "c.yaml", "--nodes", "2", "--gpus-per-node", "8",
+                                                "--env", "A=1", "--env", "B=2", "--exclusive", "--time", "1:00:00"])
+    assert slurm_options(given) == SlurmOptions(nodes=2, gpus_per_node=8, env=["A=1", "B=2"], exclusive=True,
+                                                time="1:00:00", python=given.python)
+    assert {f.name for f in flag_fields(SlurmOptions)} == {f.name for f in dataclasses.fields(SlurmOptions)} - {"python"}
+
