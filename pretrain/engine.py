@@ -158,9 +158,7 @@ def nonfinite_guards(engine, cfg: RunConfig) -> NonfiniteGuard:
     """Each stage's check that a non-finite gradient never reaches the weights -> the guard train_step calls."""
     ds = cfg.deepspeed
     if ds.zero_stage in (1, 2):
-        # DeepSpeed checks gradients for inf/NaN (and then skips the step) only in fp16/bf16; turn the same
-        # check on for fp32 so a non-finite gradient never reaches the weights.
-        engine.optimizer.check_grad_overflow = True
+        deepspeed_fixes.check_zero12_gradients_in_every_precision(engine.optimizer)
     if ds.zero_stage == 3 and ds.precision != "fp16":
         deepspeed_fixes.check_zero3_gradients_in_every_precision(engine.optimizer)
     clip_max = (cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")) if manual_clipping(cfg) else None

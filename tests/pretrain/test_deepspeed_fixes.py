@@ -27,6 +27,8 @@ def test_each_fix_refuses_an_untested_deepspeed_in_one_line(monkeypatch):
     assert "zero3_fp32_master_is_the_partition" in message
     with pytest.raises(UntestedDeepSpeed, match="check_zero3_gradients_in_every_precision"):
         deepspeed_fixes.check_zero3_gradients_in_every_precision(object())
+    with pytest.raises(UntestedDeepSpeed, match="check_zero12_gradients_in_every_precision"):
+        deepspeed_fixes.check_zero12_gradients_in_every_precision(object())
 
 
 def test_build_engine_applies_the_steps_its_docstring_lists_in_that_order():
