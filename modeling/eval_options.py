@@ -24,8 +24,11 @@ class EvalOptions:
 
 @dataclass
 class EvalConfig(EvalOptions):
-    """The run config's eval.* keys: the eval options plus when the trainer runs it."""
+    """The run config's eval.* keys: the eval options plus when the trainer runs it, and which eval it runs."""
     # Periodic retrieval eval on data.val_path every N steps; 0 = only at the end (if val_path).
     every_steps: int = 0
     # Also evaluate the model EMA (needs model.ema_decay) at every periodic eval, into RUN/eval-ema/stepN.json.
     ema: bool = False
+    # The periodic eval's factory, "module:function", imported at run start (pretrain/evaluator.py): the
+    # application names it, so pretrain imports no eval package. Checked before any process starts.
+    evaluator: str = "clipforge.eval.periodic:retrieval_evaluator"

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from clipforge.errors import UserError
 from clipforge.modeling.config import load_config
+from clipforge.pretrain.evaluator import resolve_evaluator
 from clipforge.pretrain.preflight import preflight, unknown_flag_message
 from clipforge.pretrain.rundir import already_done, check_resume, describe, finished, run_info, target_steps
 
@@ -72,10 +73,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if rank == 0 and point is not None:
         print(f"clipforge pretrain: {describe(point, cfg)}", file=sys.stderr)
     from clipforge.pretrain.run import run  # torch/deepspeed only after the config is known to be good
-    # The one place pretrain meets eval (tests/test_import_rules.py): the periodic eval is handed down.
-    from clipforge.eval.periodic import retrieval_evaluator
 
     try:
-        return run(cfg, run_info=run_info(overrides, world), evaluator=retrieval_evaluator)
+        # the periodic eval the config names (eval.evaluator), handed down: pretrain imports no eval itself
+        evaluator = resolve_evaluator(cfg.eval.evaluator)
+        return run(cfg, run_info=run_info(overrides, world), evaluator=evaluator)
     except UserError as err:  # anything else is a bug: its traceback, exit 1
         return report_error(str(err))

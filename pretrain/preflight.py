@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 from braceexpand import braceexpand
 
 from clipforge.modeling.config import ConfigError, RunConfig, suggest_key
+from clipforge.pretrain.evaluator import check_evaluator
 
 DATASET_MARKERS = ("manifest.json", "sizes.json")
 
@@ -68,12 +69,14 @@ def check_model(name: str) -> None:
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Every path check of the config; raises ConfigError (one line) at the first problem."""
+    """Every path check of the config, and that the periodic eval it names (eval.evaluator) exists; raises
+    ConfigError (one line) at the first problem."""
     for i, source in enumerate(cfg.data.sources):
         check_dataset(f"data.sources[{i}].path", source.path)
     if cfg.data.val_path:
         check_dataset("data.val_path", cfg.data.val_path)
     check_model(cfg.model.name)   # model.hf_text_dir is checked by modeling.config_checks.validate
+    check_evaluator(cfg.eval.evaluator)
 
 
 def unknown_flag_message(extras: Sequence[str], argv: Sequence[str]) -> Optional[str]:

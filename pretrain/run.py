@@ -83,7 +83,7 @@ def _save_failed(err: CheckpointSaveFailed, rank: int) -> int:
 def logged_eval(evaluator: Optional[Callable], cfg: RunConfig, engine, bundle, dist, writer,
                 ema_copy: Optional[EMAEvalCopy] = None):
     """evaluator(cfg, model, bundle, device) -> evaluate(step) -> result or None (handed in from above:
-    eval.periodic.retrieval_evaluator, wired by pretrain/cli.py; the result is the JSON object `clipforge
+    the factory eval.evaluator names, resolved by pretrain/cli.py; the result is the JSON object `clipforge
     eval --out` writes). -> evaluate(step) -> metrics that also writes the result to RUN/eval/stepN.json,
     tensorboard (eval/...) and one log line on rank 0. None without an eval. ema_copy (eval.ema): the EMA
     weights are evaluated too, into RUN/eval-ema/stepN.json and tensorboard's eval_ema/..."""
