@@ -104,7 +104,11 @@ def plot(runs, figures: str) -> tuple:
 def machine(out_dir: str) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    text = f"{os.cpu_count()} CPU cores ({cpu}), no GPU"
+    # the kind matters: the same recipe ran 21 min on one 2-core EPYC and 30 min on another (docs/flickr8k.md)
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    isa = "AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else \
+        "AVX2" if "avx2" in flags else "no AVX2"
+    text = f"{os.cpu_count()} CPU cores ({cpu}, {isa}), no GPU"
     log = os.path.join(out_dir, "loadavg.log")
     if os.path.isfile(log):
         loads = [float(line.split()[1]) for line in open(log) if len(line.split()) > 1]
@@ -118,7 +122,10 @@ def recipe_text(r: dict) -> str:
     c = r["cfg"]
     k = c["data"].get("captions_per_sample", 1)
     cached = c["model"].get("hf_text_dir") and c["model"].get("lock_text") and c["model"].get("text_cache", True)
-    return (f"{c['deepspeed']['precision']}, lr {c['optim']['lr']:g}, wd {c['optim']['weight_decay']:g}, "
+    # the precision the run trained in: `auto` is resolved at start-up and recorded in run_info
+    precision = c.get("run_info", {}).get("precision", c["deepspeed"]["precision"])
+    return (f"{precision}, batch {c['train']['global_batch_size']}, lr {c['optim']['lr']:g}, "
+            f"wd {c['optim']['weight_decay']:g}, "
             f"{k} caption{'s' if k > 1 else ''}/visit" + (", text tower cached" if cached else "")
             + f", crop {'-'.join(f'{x:g}' for x in c['data'].get('crop_scale', [0.9, 1.0]))}"
             + (" + flip" if c["data"].get("hflip") else ""))
@@ -191,7 +198,7 @@ def results_md(runs, loss_png: str, dev_png: str, results: str, out_dir: str, le
         "`text_retrieval_recall@k` (a hit when any of the image's 5 captions is in the top k).",
         "",
         f"Machine: {machine(out_dir)}. Both variants: 2 ranks (torchrun, gloo), DeepSpeed ZeRO-2,",
-        "global batch 128, AdamW + cosine schedule, train split 6,000 images; precision and captions per visit",
+        "AdamW + cosine schedule, train split 6,000 images; precision, global batch and captions per visit",
         "in the settings column. Wall time: the whole `clipforge launch local` (DeepSpeed start-up, the",
         "text-tower cache and export included). Rows below the recipes: the peer runs of `make bench-learning`",
         "(bench/learning.py) at the recipes' model, on the same shards and test split, where it has run",
