@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from clipforge.atomic import atomic_path, write_atomic
+from clipforge.data_pipeline import remote
 from clipforge.errors import UserError
 
 FORMAT = "clipforge-embeddings"
@@ -34,8 +35,9 @@ class StaleEmbeddings(UserError, ValueError):
 
 
 def dataset_root(spec: str) -> str:
-    """The folder that holds a shard dataset's manifest: the dir itself, or the tars' folder."""
-    return spec if os.path.isdir(spec) else (os.path.dirname(spec.split("{")[0]) or ".")
+    """The folder that holds a shard dataset's manifest: the dir itself, or the tars' folder (a URL's too)."""
+    root = remote.listed_root(spec)
+    return root if root is not None else remote.dirname(spec.split("{")[0])
 
 
 def dataset_fingerprint(spec: str) -> str:

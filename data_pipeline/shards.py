@@ -19,7 +19,6 @@ required from the converter); `index_tar` gives the byte offsets of every member
 streaming loader uses for random access. Member names are only ever dictionary keys, never
 file-system paths.
 """
-import io
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from braceexpand import braceexpand
 
+from clipforge.data_pipeline import remote
 from clipforge.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -82,6 +82,8 @@ class TarIndex:
     samples: List[SampleIndex]
     # True when the tar ends mid-member or mid-header: the last, partial sample was dropped.
     truncated: bool
+    # Set when a remote header read failed after its retries: only the samples before its byte are listed.
+    read_error: Optional[remote.RemoteReadError] = None
 
 
 def split_member_name(name: str) -> Tuple[str, str]:
@@ -98,14 +100,15 @@ def index_tar(path: str) -> TarIndex:
     """Scan the tar headers (seeks past data; ~3 header reads per sample) and group members by key.
 
     Adjacent members with the same key form one sample. A tar cut short (killed copy, partial
-    download) keeps every complete sample before the cut and reports truncated=True.
+    download) keeps every complete sample before the cut and reports truncated=True. A URL is read
+    through data_pipeline.remote (retried ranged reads); a read that still fails sets read_error.
     """
-    size = os.path.getsize(path)
+    size = remote.size(path)
     samples: List[SampleIndex] = []
-    truncated = False
+    truncated, read_error = False, None
     partial_key = None  # key of the sample whose member was cut; None = unknown, drop the last group
     try:
-        with tarfile.open(path, mode="r:") as tf:
+        with remote.open_sequential(path) as f, tarfile.open(fileobj=f, mode="r:") as tf:
             while True:
                 try:
                     info = tf.next()
@@ -128,23 +131,11 @@ def index_tar(path: str) -> TarIndex:
                 tf.members.clear()  # tarfile keeps every TarInfo otherwise: O(members) memory per scan
     except tarfile.ReadError as e:  # not a tar at all (the first header is bad)
         raise ShardError(f"{path}: not a readable tar file ({e})") from None
-    if truncated and samples and partial_key in (None, samples[-1].key):
+    except remote.RemoteReadError as e:  # the samples indexed before it stay usable
+        read_error = e
+    if (truncated or read_error) and samples and partial_key in (None, samples[-1].key):
         samples.pop()  # some of its members may be the ones that were cut off
-    return TarIndex(samples, truncated)
-
-
-# 2000-01-01 UTC: a fixed, plausible member timestamp (0 confuses some tar tools), so equal samples give
-# byte-identical shards.
-MEMBER_MTIME = 946684800
-
-
-def write_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """One member as every clipforge writer (convert, curate) stores it: fixed time, mode and owner."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), MEMBER_MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+    return TarIndex(samples, truncated, read_error)
 
 
 def read_member(f, span: Tuple[int, int]) -> bytes:
@@ -214,7 +205,9 @@ class ShardSet:
         for i in chosen:
             shard = self.shards[i]
             index = index_tar(shard.path)
-            with open(shard.path, "rb") as f:
+            if index.read_error:
+                raise ShardError(f"{index.read_error}; the shard's samples from there on cannot be read")
+            with remote.open_sequential(shard.path) as f:
                 for entry in index.samples:
                     sample = decode_sample(f, entry)
                     sample["shard"] = shard.name
@@ -223,10 +216,9 @@ class ShardSet:
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(remote.read_bytes(path))
     except OSError as e:
-        raise ShardError(f"{path}: cannot read ({e.strerror})") from None
+        raise ShardError(f"{path}: cannot read ({e.strerror or e})") from None
     except ValueError as e:
         raise ShardError(f"{path}: not valid JSON ({e}); re-run `clipforge convert` or fix the file") from None
     if not isinstance(data, dict):
@@ -236,16 +228,16 @@ def _read_json(path: str) -> dict:
 
 def _sizes_from_dir(root: str) -> Tuple[Dict[str, int], Optional[dict]]:
     """Shard name -> sample count, from manifest.json (preferred) or sizes.json; ({}, None) if neither."""
-    manifest_path = os.path.join(root, "manifest.json")
-    if os.path.isfile(manifest_path):
+    manifest_path = remote.join(root, "manifest.json")
+    if remote.isfile(manifest_path):
         manifest = _read_json(manifest_path)
         try:
             sizes = {str(s["name"]): int(s["samples"]) for s in manifest["shards"]}
         except (KeyError, TypeError, ValueError):
             raise ShardError(f"{manifest_path}: 'shards' must be a list of {{name, samples, ...}}") from None
         return sizes, manifest
-    sizes_path = os.path.join(root, "sizes.json")
-    if os.path.isfile(sizes_path):
+    sizes_path = remote.join(root, "sizes.json")
+    if remote.isfile(sizes_path):
         try:
             return {str(k): int(v) for k, v in _read_json(sizes_path).items()}, None
         except (TypeError, ValueError):
@@ -255,11 +247,14 @@ def _sizes_from_dir(root: str) -> Tuple[Dict[str, int], Optional[dict]]:
 
 def _check_readable(paths: List[str]) -> None:
     """Raise one error naming every missing shard (the first 5 of them), or the first unreadable one."""
-    missing = [p for p in paths if not os.path.isfile(p)]
+    try:
+        missing = [p for p in paths if not remote.isfile(p)]
+    except remote.RemoteReadError as e:  # not "missing": the store did not answer
+        raise ShardError(f"{e}; check the connection or the store, then start again") from None
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ShardError(f"{len(missing)} of {len(paths)} shards not found: {', '.join(missing[:5])}{more}")
-    for path in paths:
+    for path in (p for p in paths if not remote.is_url(p)):  # a URL's isfile above asked the server already
         try:
             with open(path, "rb") as f:
                 f.read(1)
@@ -268,24 +263,26 @@ def _check_readable(paths: List[str]) -> None:
 
 
 def open_shards(spec: str) -> ShardSet:
-    """Resolve a dataset dir, a .tar or a brace pattern into shards with sample counts.
+    """Resolve a dataset dir, a .tar or a brace pattern (or the URL of any of them, or of a manifest:
+    data_pipeline.remote) into shards with sample counts.
 
     Counts come from the dataset's manifest.json / sizes.json (a dir's, or the one next to the
     tars); a tar that neither lists is counted by scanning its headers.
     """
     spec = os.fspath(spec)
-    if os.path.isdir(spec):
-        sizes, manifest = _sizes_from_dir(spec)
+    root = remote.listed_root(spec)
+    if root is not None:
+        sizes, manifest = _sizes_from_dir(root)
         if not sizes:
             raise ShardError(f"{spec}: no manifest.json or sizes.json; is this a `clipforge convert` output dir?")
-        paths = [os.path.join(spec, name) for name in sizes]
-    elif not os.path.exists(spec) and "{" not in spec and not spec.endswith(".tar"):
+        paths = [remote.join(root, name) for name in sizes]
+    elif not remote.is_url(spec) and not os.path.exists(spec) and "{" not in spec and not spec.endswith(".tar"):
         raise ShardError(f"dataset not found: {spec} (give a `clipforge convert` output dir, a .tar or a brace pattern)")
     else:
         paths = list(braceexpand(spec))
         if not paths:
             raise ShardError(f"{spec}: the pattern expands to no paths")
-        sizes, manifest = _sizes_from_dir(os.path.dirname(paths[0]) or ".")
+        sizes, manifest = _sizes_from_dir(remote.dirname(paths[0]))
     _check_readable(paths)
     shards = []
     for path in paths:

@@ -20,12 +20,15 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import torch
 from PIL import Image
 
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.shards import ShardError, ShardSet, decode_sample, index_tar, open_shards, read_member
 from clipforge.eval.errors import EvalDataError  # noqa: F401  (raised here; importable from here too)
 from clipforge.eval.folders import FolderRange, ImageFolderSet
 
 
 def _is_shard_spec(spec: str) -> bool:
+    if remote.is_url(spec):  # a URL is read as shards as it is (raw data is converted from local files only)
+        return True
     if os.path.isdir(spec):
         return any(os.path.isfile(os.path.join(spec, n)) for n in ("manifest.json", "sizes.json"))
     return spec.endswith(".tar") or "{" in spec
@@ -84,6 +87,8 @@ class SampleRange(torch.utils.data.Dataset):
             lo, hi = max(start, offset), min(end, offset + shard.samples)
             if lo < hi:
                 index = index_tar(shard.path)
+                if index.read_error:  # metrics over part of the data would not be comparable: refuse
+                    raise EvalDataError(f"{index.read_error}; the shard cannot be read in full, try again later")
                 if len(index.samples) != shard.samples:
                     raise EvalDataError(f"{shard.path}: holds {len(index.samples)} samples but the dataset's "
                                         f"manifest says {shard.samples}; run `clipforge verify` on it")
@@ -96,7 +101,7 @@ class SampleRange(torch.utils.data.Dataset):
 
     def _file(self, path: str):
         if path not in self._files:  # one handle per shard per worker process
-            self._files[path] = open(path, "rb")
+            self._files[path] = remote.open_sequential(path)
         return self._files[path]
 
     def _label(self, f, entry, meta: dict):
@@ -109,9 +114,14 @@ class SampleRange(torch.utils.data.Dataset):
     def __getitem__(self, n: int) -> dict:
         entry = self.entries[n]
         f = self._file(entry.shard_path)
-        sample = decode_sample(f, entry.index)
+        try:
+            sample = decode_sample(f, entry.index)
+            label = self._label(f, entry.index, sample["meta"])
+        except remote.RemoteReadError as e:  # counted like any unusable sample; the reason names the byte
+            return {"key": entry.index.key, "shard": entry.shard_name, "captions": [], "label": None,
+                    "image": None, "reason": f"read failed after retries at byte {e.offset} of {e.url}"}
         out = {"key": sample["key"], "shard": entry.shard_name, "captions": sample["captions"],
-               "label": self._label(f, entry.index, sample["meta"]), "image": None, "reason": None}
+               "label": label, "image": None, "reason": None}
         if sample["image_bytes"] is None:
             out["reason"] = "no image member"
             return out

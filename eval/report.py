@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from clipforge.atomic import write_atomic
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.shards import ShardSet, decode_sample, index_tar
 from clipforge.eval.ranking import tile_scores
 
@@ -124,7 +125,7 @@ def thumbnails(data: ShardSet, keys: List[str], size: int = 96) -> Dict[str, byt
     wanted, out = set(keys), {}
     for shard in getattr(data, "shards", []):  # an ImageFolder has no shards: the report names its files
         entries = [e for e in index_tar(shard.path).samples if e.key in wanted]
-        with open(shard.path, "rb") as f:
+        with remote.open_sequential(shard.path) as f:
             for entry in entries:
                 sample = decode_sample(f, entry)
                 try:

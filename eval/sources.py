@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.shards import Shard, ShardSet, index_tar
 from clipforge.eval.datasets import EvalDataError, _is_shard_spec, open_eval_data
 from clipforge.eval.folders import ImageFolderSet, looks_like_image_folder, open_image_folder
@@ -98,7 +99,7 @@ def open_source(path: str, split: str = "test", labels: bool = False,
     to shards first (the CLI does that once, on rank 0). labels=True (classification, linear probe) lets a
     folder of class folders be an ImageFolder."""
     path = os.fspath(path)
-    name = name or os.path.basename(os.path.normpath(path.split("{")[0])) or path
+    name = name or os.path.basename(os.path.normpath(remote.listed_root(path) or path.split("{")[0])) or path
     if os.path.isfile(os.path.join(path, "nshards.txt")):  # one split dir of a wds dataset: that split
         return _wds_source(os.path.dirname(os.path.abspath(path)), os.path.basename(os.path.normpath(path)), name)
     if os.path.isfile(os.path.join(path, split, "nshards.txt")) or os.path.isfile(

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipforge.atomic import leftover_temporaries, write_atomic
-from clipforge.data_pipeline.shards import shard_name, write_member
+from clipforge.data_pipeline.shards import shard_name
+from clipforge.data_pipeline.tar_members import write_member
 from .options import parquet_caption_column
 
 # "url" repeats "source" under img2dataset's name, so tooling written for its parquets reads ours as-is.

@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.shards import IMAGE_EXTS, ShardSet, all_captions, index_tar, read_member, sample_meta
 from .options import CurateError
 
@@ -42,6 +43,8 @@ def _indexed(shard_set: ShardSet):
         if index.truncated:
             raise CurateError(f"{shard.path}: the tar is cut short; run `clipforge verify` on the dataset and "
                               "re-create or drop that shard")
+        if index.read_error:
+            raise CurateError(f"{index.read_error}; the shard cannot be read in full, try again later")
         yield shard, index
 
 
@@ -59,7 +62,7 @@ def input_keys(shard_set: ShardSet) -> List[str]:
 
 def read_samples(shard_set: ShardSet) -> Iterator[Sample]:
     for shard, index in _indexed(shard_set):
-        with open(shard.path, "rb") as handle:
+        with remote.open_sequential(shard.path) as handle:
             for entry in index.samples:
                 members = {ext: read_member(handle, span) for ext, span in entry.members.items()}
                 yield _sample(entry.key, shard.name, members)

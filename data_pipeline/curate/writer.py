@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 
 from clipforge.atomic import write_atomic
 from clipforge.data_pipeline.convert.shard_writer import PARQUET_COLUMNS
-from clipforge.data_pipeline.shards import shard_name, write_member
+from clipforge.data_pipeline.shards import shard_name
+from clipforge.data_pipeline.tar_members import write_member
 from .filters import Fate
 from .options import CurateError
 from .samples import Sample

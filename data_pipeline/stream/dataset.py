@@ -4,6 +4,9 @@ Random access into the tars: each worker keeps an LRU of (open file, member inde
 few shards it touched (a shuffle window spans 1-2 shards, so a small LRU hits almost always), so
 its memory stays bounded over any number of epochs. Bad samples are dropped from the batch and
 counted by reason; the batch then holds fewer rows (the trainer's loss takes variable sizes).
+A sample is one read (its members lie side by side): one ranged request for a remote shard
+(data_pipeline.remote, retried and resumed there); a read that still fails is counted as read_error
+and named by shard URL and byte offset in the batch's "failed_reads".
 
 With captions_per_sample K the batch holds K captions per image, image-major: rows i*K .. i*K+K-1 of
 "tokens" (and of "text_vectors", when a store of locked-tower embeddings is given) are image i's.
@@ -11,11 +14,12 @@ With captions_per_sample K the batch holds K captions per image, image-major: ro
 import hashlib
 import os
 from collections import Counter, OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.embeddings import VectorCache
 from clipforge.data_pipeline.shards import IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, all_captions, index_tar, \
     sample_meta
@@ -39,7 +43,8 @@ def sample_id(source_root: str, key: str) -> int:
     """A signed int64 identity of (dataset, key): equal for the same image drawn twice (resampled mode,
     or one dataset mixed in twice), so the loss never makes an image's own captions its negatives.
     Keys alone are not enough: two converted datasets both number their keys from 0."""
-    digest = hashlib.blake2b(f"{os.path.realpath(source_root)}\0{key}".encode(), digest_size=8).digest()
+    root = source_root if remote.is_url(source_root) else os.path.realpath(source_root)
+    digest = hashlib.blake2b(f"{root}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 
@@ -53,23 +58,28 @@ def caption_choice(num_captions: int, k: int, rng: np.random.Generator) -> List[
 
 
 class ShardCache:
-    """LRU of open shards: (path) -> (fd, TarIndex). One per worker process, never shared."""
+    """LRU of open shards: (path) -> (file with pread, TarIndex), or the error opening it raised (returned,
+    not raised: a re-raised exception grows its traceback): a shard that failed (after a remote shard's
+    retries) is not tried again for each of its samples while it stays in the LRU. One per worker process,
+    never shared."""
 
     def __init__(self, capacity: int = 16):
         self.capacity = capacity
-        self._open: "OrderedDict[str, Tuple[int, TarIndex]]" = OrderedDict()
+        self._open: "OrderedDict[str, object]" = OrderedDict()
 
-    def get(self, path: str) -> Tuple[int, TarIndex]:
-        if path in self._open:
-            self._open.move_to_end(path)
-            return self._open[path]
-        index = index_tar(path)
-        fd = os.open(path, os.O_RDONLY)
-        self._open[path] = (fd, index)
-        while len(self._open) > self.capacity:
-            old_fd, _ = self._open.popitem(last=False)[1]
-            os.close(old_fd)
-        return fd, index
+    def get(self, path: str) -> Union[Tuple[object, TarIndex], Exception]:
+        if path not in self._open:
+            try:
+                index = index_tar(path)
+                self._open[path] = (remote.open_shard(path), index)
+            except (OSError, ShardError) as e:
+                self._open[path] = e
+            while len(self._open) > self.capacity:
+                old = self._open.popitem(last=False)[1]
+                if not isinstance(old, Exception):
+                    old[0].close()
+        self._open.move_to_end(path)
+        return self._open[path]
 
     def __getstate__(self):  # a fresh (empty) cache in every worker process
         return {"capacity": self.capacity, "_open": OrderedDict()}
@@ -80,12 +90,19 @@ def _lines(data: bytes) -> List[str]:
     return [line.strip() for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
 
 
-def _read(fd: int, span: Tuple[int, int]) -> bytes:
-    offset, size = span
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise OSError(f"short read at offset {offset}: {len(data)} of {size} bytes")
-    return data
+def _sample_bytes(handle, entry) -> Callable[[str], bytes]:
+    """Read a sample's members in one go -> member(ext) gives one member's bytes."""
+    spans = entry.members.values()
+    start = min(offset for offset, _ in spans)
+    end = max(offset + size for offset, size in spans)
+    data = handle.pread(end - start, start)
+    if len(data) != end - start:
+        raise OSError(f"short read at offset {start}: {len(data)} of {end - start} bytes")
+    return lambda ext: data[entry.members[ext][0] - start:sum(entry.members[ext]) - start]
+
+
+def _failed_at(error: remote.RemoteReadError) -> str:
+    return f"{error.url}@{error.offset}"
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -113,39 +130,46 @@ class BatchDataset(torch.utils.data.Dataset):
         self.vectors = VectorCache()
         self._empty_tokens = None
 
-    def _captions(self, fd: int, entry, source: int, wanted: str) -> Tuple[List[str], str]:
+    def _captions(self, member, entry, source: int, wanted: str) -> Tuple[List[str], str]:
         """(caption lines, the source they came from): `wanted`, else KEY.txt (KEY.json's list for sources
         converted with --one-caption-per-txt) when the sample has no such member or it is empty."""
         if wanted != PRIMARY_CAPTIONS and wanted in entry.members:
-            lines = _lines(_read(fd, entry.members[wanted]))
+            lines = _lines(member(wanted))
             if lines:
                 return lines, wanted
-        lines = _lines(_read(fd, entry.members["txt"])) if "txt" in entry.members else []
+        lines = _lines(member("txt")) if "txt" in entry.members else []
         if source in self.json_caption_sources and "json" in entry.members:
-            lines = all_captions(sample_meta(_read(fd, entry.members["json"])), lines)
+            lines = all_captions(sample_meta(member("json")), lines)
         return lines, PRIMARY_CAPTIONS
 
     def load(self, position: int, source: int, shard: int, index: int, wanted: str = PRIMARY_CAPTIONS):
         """(key, [(caption index, caption)] * K, uint8 [3,S,S], caption source read) of one sample, or
-        (None, reason, None, None); `wanted`: the caption source this visit asks for."""
+        (None, reason, failed_at, None): failed_at "URL@BYTE" names a remote read that failed after its
+        retries (None otherwise); `wanted`: the caption source this visit asks for."""
         path = self.shard_paths[source][shard]
-        try:
-            fd, tar_index = self.cache.get(path)
-        except (OSError, ShardError):
-            return None, UNREADABLE_SHARD, None, None
+        opened = self.cache.get(path)
+        if isinstance(opened, Exception):
+            failed = _failed_at(opened) if isinstance(opened, remote.RemoteReadError) else None
+            return None, UNREADABLE_SHARD, failed, None
+        handle, tar_index = opened
         if index >= len(tar_index.samples):
+            if tar_index.read_error:  # the header scan stopped there: the rest of the shard is unread
+                return None, READ_ERROR, _failed_at(tar_index.read_error), None
             return None, MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE, None, None
         entry = tar_index.samples[index]
         ext = next((e for e in IMAGE_EXTS if e in entry.members), None)
         if ext is None:
             return None, MISSING_IMAGE, None, None
         try:
-            captions, read_from = self._captions(fd, entry, source, wanted)
-            if not captions:
-                return None, MISSING_CAPTION, None, None
-            image_bytes = _read(fd, entry.members[ext])
+            member = _sample_bytes(handle, entry)
+        except remote.RemoteReadError as e:
+            return None, READ_ERROR, _failed_at(e), None
         except OSError:
             return None, READ_ERROR, None, None
+        captions, read_from = self._captions(member, entry, source, wanted)
+        if not captions:
+            return None, MISSING_CAPTION, None, None
+        image_bytes = member(ext)
         # Per-visit randomness keyed by the global position: same crop and caption whatever the
         # worker, rank or resume point; a new choice in every epoch (new position).
         rng = hashing.rng(self.seed, hashing.SAMPLE_AUGMENT, position)
@@ -165,11 +189,14 @@ class BatchDataset(torch.utils.data.Dataset):
         size = self.image_size
         images = np.empty((len(request.items), 3, size, size), dtype=np.uint8)
         keys, ids, captions, caption_index, vectors, skipped, fallbacks = [], [], [], [], [], Counter(), Counter()
+        failed_reads = Counter()
         wanted = self.caption_weights.choose(self.seed, request.items[:, 0])
         for (position, source, shard, index), asked in zip(request.items.tolist(), wanted):
             key, chosen_or_reason, image, read_from = self.load(position, source, shard, index, asked)
             if key is None:
                 skipped[chosen_or_reason] += 1
+                if image is not None:  # a remote read that failed after its retries: "URL@BYTE"
+                    failed_reads[image] += 1
                 continue
             if read_from != asked:
                 fallbacks[asked] += 1
@@ -185,7 +212,7 @@ class BatchDataset(torch.utils.data.Dataset):
             captions.extend(caption for _, caption in chosen_or_reason)
             caption_index.append([c for c, _ in chosen_or_reason])
         out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
-               "caption_fallbacks": dict(fallbacks),
+               "caption_fallbacks": dict(fallbacks), "failed_reads": dict(failed_reads),
                "sample_ids": torch.tensor(ids, dtype=torch.int64),
                "caption_index": torch.tensor(caption_index, dtype=torch.int64).view(len(keys), self.captions_per_sample),
                "request": request}

@@ -9,6 +9,7 @@
         batch["sample_ids"]       # int64 [b]: equal for the same image seen twice (the loss's positives)
         batch["caption_index"]    # int64 [b, K]: which lines of KEY.txt (of the visit's caption source)
         loader.counters, loader.caption_fallbacks   # skipped samples per reason; KEY.txt read instead of a source
+        loader.failed_reads       # {"URL@BYTE": samples skipped}: remote reads that failed after their retries
         batch["keys"]             # list[str]
         ckpt["loader"] = loader.state_dict()   # the state after the batch just yielded
 
@@ -18,6 +19,7 @@ them in order: the batch sequence is deterministic for any worker count.
 """
 import os
 import signal
+import sys
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -61,6 +63,9 @@ class TrainLoader:
         # Visits that asked for a caption source the sample lacks and read KEY.txt instead, per asked source
         # (not skips: those samples were trained on). Kept in checkpoints when data.caption_weights is set.
         self.caption_fallbacks: Dict[str, int] = {}
+        # Remote reads that still failed after their retries: "URL@BYTE" (shard and first byte not read) ->
+        # samples skipped for it (also in counters, as read_error / unreadable_shard). Kept in checkpoints.
+        self.failed_reads: Dict[str, int] = {}
         self._weighted = data_cfg.caption_weights is not None
         self._sampler = _PlanSampler()
         workers = data_cfg.workers
@@ -96,8 +101,13 @@ class TrainLoader:
                 self.counters[reason] = self.counters.get(reason, 0) + n
             for source, n in out["caption_fallbacks"].items():
                 self.caption_fallbacks[source] = self.caption_fallbacks.get(source, 0) + n
+            for where, n in out["failed_reads"].items():
+                if where not in self.failed_reads:  # said once per failed read, not once per sample it costs
+                    print(f"clipforge loader: skipping samples of {where.rsplit('@', 1)[0]}: the read at byte "
+                          f"{where.rsplit('@', 1)[1]} failed after its retries", file=sys.stderr)
+                self.failed_reads[where] = self.failed_reads.get(where, 0) + n
             self._state = out["request"].state_after
-            yield {k: v for k, v in out.items() if k not in ("skipped", "caption_fallbacks", "request")}
+            yield {k: v for k, v in out.items() if k not in ("skipped", "caption_fallbacks", "failed_reads", "request")}
 
     def state_dict(self) -> Dict:
         state = {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
@@ -106,6 +116,8 @@ class TrainLoader:
                  "counters": dict(self.counters)}
         if self._weighted:
             state["caption_fallbacks"] = dict(self.caption_fallbacks)
+        if self.failed_reads:  # absent when nothing failed: the states of local runs stay as they were
+            state["failed_reads"] = dict(self.failed_reads)
         return state
 
     def load_state_dict(self, state: Dict) -> None:
@@ -121,6 +133,7 @@ class TrainLoader:
                        "cursors": [[int(e), int(o)] for e, o in state["cursors"]]}
         self.counters = {str(k): int(v) for k, v in state.get("counters", {}).items()}
         self.caption_fallbacks = {str(k): int(v) for k, v in state.get("caption_fallbacks", {}).items()}
+        self.failed_reads = {str(k): int(v) for k, v in state.get("failed_reads", {}).items()}
 
 
 def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
