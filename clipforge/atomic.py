@@ -5,6 +5,8 @@ before the rename, the rename is fsync'ed in its folder).
     write_atomic(path, text_or_bytes)          # a whole file from memory
     with atomic_path(path) as tmp:             # for writers that take a path (torch.save, np.savez, save_file)
         torch.save(state, tmp)
+    fsync_tree(folder)                         # a folder others filled, before it is renamed into place
+    fsync_folder(parent)                       # and its parent, after the rename
 
 The temporary is `.NAME.PID.tmp` beside the target: same file system (the rename is atomic), and the
 leading dot keeps it out of `shard-*.tar` globs and brace patterns.
@@ -35,6 +37,20 @@ def _fsync_path(path: str, directory: bool = False) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def fsync_folder(path: str) -> None:
+    """A rename into `path` (a folder) made durable."""
+    _fsync_path(path, directory=True)
+
+
+def fsync_tree(folder: str) -> None:
+    """Every file under `folder` and every folder in it fsync'ed: what atomic_path does for one file, for a folder
+    that other writers filled (DeepSpeed's checkpoint files) before it is renamed into place."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync_path(os.path.join(root, name))
+        fsync_folder(root)
 
 
 @contextlib.contextmanager

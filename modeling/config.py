@@ -10,6 +10,7 @@ import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import List, Optional, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -217,12 +218,14 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Ru
             raise ConfigError(f"config file {path!r} not found")
         try:
             loaded = OmegaConf.load(path)
+            if not OmegaConf.is_dict(loaded):  # a list or a scalar: nothing to merge into the sections
+                raise ConfigError(f"{path}: expected a mapping of config sections (model:, data:, train: ...)")
             if RUN_INFO_KEY in loaded:
                 loaded.pop(RUN_INFO_KEY)
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{path}: {_one_line(err)}") from None
-        except Exception as err:  # YAML syntax errors
+        except yaml.YAMLError as err:  # syntax errors (OmegaConf.load parses with PyYAML)
             raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     given = _run_length_overrides(overrides)
     if given:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from clipforge.atomic import write_atomic
+from clipforge.atomic import fsync_folder, fsync_tree, write_atomic
 from clipforge.errors import UserError, UserFileNotFound
 from clipforge.pretrain.checkpoint_integrity import newest_intact, problem, write_checksums
 
@@ -174,7 +174,11 @@ class CheckpointManager:
             final = os.path.join(self.dir, tag)
             if os.path.isdir(final):
                 shutil.rmtree(final)
+            # every rank's files (written there, on a shared file system, before the barrier) reach the disk
+            # before the rename publishes them, and the rename itself before `latest` names the folder
+            fsync_tree(tmp_dir)
             os.replace(tmp_dir, final)
+            fsync_folder(self.dir)
             write_atomic(os.path.join(self.dir, LATEST), tag)
         except OSError as err:
             return f"rank 0: {err}"

@@ -1,7 +1,7 @@
 """The house's import rules (../shared/DESIGN.md, docs/internals.md), read from the source with `ast`:
 
 - every import of ours goes through the installed names (`clipforge.pretrain...`, never a bare `pretrain`:
-  setup.cfg installs the folders under `clipforge`);
+  setup.cfg installs the folders under `clipforge`), in every file of the checkout, tests and bench included;
 - clipforge/ itself (UserError, atomic writes) imports no other clipforge package;
 - data_pipeline imports no other clipforge package (but clipforge/);
 - modeling (model factory, preprocessing, run config) imports neither pretrain, eval nor launch;
@@ -101,6 +101,30 @@ def test_packages_import_only_the_layers_below(package):
                 wrong.append(f"{rel}:{line} imports {name}")
     assert not wrong, "\n".join(sorted(set(wrong)))
 
+
+def _repo_files() -> List[Path]:
+    """Every Python file of the checkout: the packages, tests, bench and the top level (not the venv or runs)."""
+    skip = {".venv", "runs", ".git", "build", "shared"}
+    return sorted(p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts[:1]))
+
+
+def _dynamic_imports(path: Path) -> Iterator[Tuple[str, int]]:
+    """(name, line) of `__import__("x")` and `importlib.import_module("x")` calls with a literal name."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in ("__import__", "import_module"):
+                yield node.args[0].value, node.lineno
+
+
+def test_no_bare_import_of_the_repos_folders_anywhere():
+    """`import pretrain` / `from modeling.config import ...` only work from a checkout, where they load a second
+    copy of the module beside clipforge.modeling.config: every file (tests and bench too) uses clipforge.*."""
+    bare = [f"{path.relative_to(REPO).as_posix()}:{line} imports {name}" for path in _repo_files()
+            for name, line in [*_imports(path), *_dynamic_imports(path)] if name.split(".")[0] in FOLDERS]
+    assert not bare, "\n".join(sorted(set(bare)))
 
 def _module_level_closure(start: List[Path]) -> Dict[str, str]:
     """Every module imported when `start` is imported: name -> the file that imports it first."""

@@ -186,7 +186,7 @@ def test_gpu_marker_skips_every_cuda_test_with_the_reason():
 
 def test_collecting_the_gpu_tests_imports_no_deepspeed():
     code = ("import sys, pytest; rc = pytest.main(['-q', '--co', '-p', 'no:cacheprovider', 'tests/gpu']); "
-            "bad = [m for m in ('deepspeed', 'pretrain.run', 'open_clip') if m in sys.modules]; "
+            "bad = [m for m in ('deepspeed', 'clipforge.pretrain.run', 'open_clip') if m in sys.modules]; "
             "print('IMPORTED', bad); sys.exit(rc or bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
                           capture_output=True, text=True, timeout=300)

@@ -46,7 +46,7 @@ def test_a_bug_inside_training_exits_1_with_its_traceback(tmp_path):
 
 
 def test_a_user_error_inside_training_is_one_line_exit_2(tmp_path):
-    error = '__import__("modeling.config", fromlist=["ConfigError"]).ConfigError("data.x: wrong, do y")'
+    error = '__import__("clipforge.modeling.config", fromlist=["ConfigError"]).ConfigError("data.x: wrong, do y")'
     result = _pretrain_with_failing_loss(tmp_path, error)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr

@@ -53,6 +53,15 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(str(bad))
 
 
+def test_a_yaml_file_that_is_not_a_mapping_is_one_line(tmp_path):
+    """Valid YAML, but a list: named as such (only PyYAML's own errors read "not valid YAML")."""
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- model\n- data\n")
+    with pytest.raises(ConfigError, match="expected a mapping of config sections") as err:
+        load_config(str(listed))
+    assert "\n" not in str(err.value)
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(str(CONFIGS / "vit-l-14-multinode-zero2.yaml"), ["optim.lr=3e-4"])
     save_config(cfg, str(tmp_path / "config.yaml"))
