@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import torch
 
-from clipforge.dataclass_cli import add_fields
+from clipforge.dataclass_cli import add_fields, field_values
+from clipforge.eval.task_options import ProbeConfig, ProbeDataOptions, TaskOptions
 from clipforge.modeling.eval_options import EvalOptions
 
 EXAMPLES = """examples:
@@ -43,8 +44,8 @@ TASKS = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classifi
          "linear_probe": "linear_probe"}
 PEER_FLAGS = {"--recall_k": "recall_k", "--output": "out", "--dataset_root": "data", "--batch_size": "batch_size",
               "--num_workers": "workers", "--train_split": "train_split", "--val_split": "val_split",
-              "--val_proportion": "val_proportion", "--fewshot_k": "fewshot_k", "--fewshot_lr": "fewshot_lr",
-              "--fewshot_epochs": "fewshot_epochs", "--feature_root": "feature_cache"}
+              "--val_proportion": "val_proportion", "--fewshot_k": "fewshot_k", "--fewshot_lr": "lr",
+              "--fewshot_epochs": "epochs", "--feature_root": "feature_cache"}
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -65,28 +66,14 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     "folder / caption file (COCO, Flickr, csv ...) converted into a temp dir first")
     ap.add_argument("--task", choices=tuple(TASKS) + tuple(TASKS.values()),
                     help="retrieval, classification or linear_probe (CLIP_benchmark's zeroshot_* names too)")
-    ap.add_argument("--split", default="test", help="wds / ImageFolder split to evaluate (default test)")
     ap.add_argument("--out", help="write the CLIP_benchmark-style JSON here")
     ap.add_argument("--model-config", help="model name or model-config JSON for weights without one")
     ap.add_argument("--pretrained", help="local weights file for an open_clip model name")
     add_fields(ap, EvalOptions)  # --recall-k, --batch-size, --workers: the periodic eval's eval.* keys too
-    ap.add_argument("--label-key", default="label", help="classification: the KEY.json field holding the class "
-                    "(name, or index into --classnames); KEY.cls is used when the field is absent")
-    ap.add_argument("--classnames", help="classification: class names file (one per line, JSON list or "
-                    "{index: name}); default: the sorted distinct label names")
-    ap.add_argument("--templates", help="classification: prompt set (simple, imagenet7, cifar) or a file of "
-                    "templates with {c} (default: the dataset's zeroshot_classification_templates.txt, else imagenet7)")
+    add_fields(ap, TaskOptions)  # --split, --label-key, --classnames, --templates: a suite entry's keys too
     probe = ap.add_argument_group("linear probe (CLIP_benchmark's procedure; see docs/eval.md)")
-    probe.add_argument("--train-data", help="training images (default: --data's --train-split)")
-    probe.add_argument("--train-split", default="train")
-    probe.add_argument("--val-data", help="validation images that choose the weight decay")
-    probe.add_argument("--val-split", help="or a split of --data that does")
-    probe.add_argument("--val-proportion", type=float, default=0.2,
-                       help="without a val split: this share of train does (0: no sweep, weight decay 0)")
-    probe.add_argument("--fewshot-k", type=int, default=-1, help="training samples per class (-1: all)")
-    probe.add_argument("--fewshot-lr", type=float, default=0.1)
-    probe.add_argument("--fewshot-epochs", type=int, default=10)
-    probe.add_argument("--seed", type=int, default=0)
+    add_fields(probe, ProbeDataOptions)
+    add_fields(probe, ProbeConfig)
     probe.add_argument("--feature-cache", help="cache features here (default: features/ beside --out)")
     ap.add_argument("--convert-dir", help="raw --data: convert into this dir and keep it (default: a temp dir, "
                     "removed at the end)")
@@ -165,14 +152,10 @@ def runtime(args, device_flag: str):
 
 
 def task_spec(args):
-    from clipforge.eval.probe import ProbeConfig
     from clipforge.eval.tasks import TaskSpec
-    probe = ProbeConfig(lr=args.fewshot_lr, epochs=args.fewshot_epochs, batch_size=args.batch_size, seed=args.seed,
-                        fewshot_k=args.fewshot_k)
-    return TaskSpec(task=args.task, data=args.data, name=args.dataset_name, split=args.split, recall_k=args.recall_k,
-                    label_key=args.label_key, classnames=args.classnames, templates=args.templates,
-                    train_data=args.train_data, train_split=args.train_split, val_data=args.val_data,
-                    val_split=args.val_split, val_proportion=args.val_proportion, probe=probe)
+    probe = ProbeConfig(**field_values(args, ProbeConfig), batch_size=args.batch_size)
+    return TaskSpec(task=args.task, data=args.data, name=args.dataset_name, recall_k=args.recall_k, probe=probe,
+                    **field_values(args, TaskOptions), **field_values(args, ProbeDataOptions))
 
 
 def _run(args) -> int:

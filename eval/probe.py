@@ -13,7 +13,6 @@ decay is 0. Random numbers are drawn exactly as CLIP_benchmark's torch.manual_se
 draw them (the same init, the same batches), from a forked RNG so the caller's stream is left alone.
 """
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -22,19 +21,11 @@ import torch.nn.functional as F
 
 from clipforge.eval.classification import check_labels, metrics_from_ranks, ranks_from_logits
 from clipforge.eval.errors import EvalDataError
+from clipforge.eval.task_options import ProbeConfig
 
 # np.logspace, not torch: the exact float64 values CLIP_benchmark tries (and reports as weight_decay).
 WD_GRID: List[float] = np.logspace(-6, 2, num=97).tolist()
 WD_FIRST = list(range(0, 97, 16))  # the 7 values of np.logspace(-6, 2, 7) inside the grid
-
-
-@dataclass
-class ProbeConfig:
-    lr: float = 0.1  # CLIP_benchmark --fewshot_lr
-    epochs: int = 10  # --fewshot_epochs
-    batch_size: int = 64  # --batch_size
-    seed: int = 0  # --seed
-    fewshot_k: int = -1  # samples per class for training; -1 = all
 
 
 def _draw_seed() -> int:

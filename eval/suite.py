@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from clipforge.errors import UserError
-from clipforge.eval.probe import ProbeConfig
+from clipforge.eval.task_options import ProbeConfig
 from clipforge.eval.tasks import TaskSpec
 
 HEADLINE = {"retrieval": "mean_recall@1", "classification": "acc1", "linear_probe": "acc1"}

@@ -20,8 +20,8 @@ from clipforge.eval import api
 from clipforge.eval.distributed import comm_for_world, rank_world
 from clipforge.eval.errors import EvalOptionError
 from clipforge.eval.features import run_linear_probe
-from clipforge.eval.probe import ProbeConfig
 from clipforge.eval.sources import EvalSource, open_source
+from clipforge.eval.task_options import ProbeConfig, ProbeDataOptions, TaskOptions
 from clipforge.eval.templates import DEFAULT_TEMPLATES, load_classnames, load_templates
 from clipforge.modeling.eval_options import RECALL_K, EvalOptions
 
@@ -30,21 +30,12 @@ TASKS = ("retrieval", "classification", "linear_probe")
 PEER_TASKS = {"zeroshot_retrieval": "retrieval", "zeroshot_classification": "classification"}
 
 
-@dataclass
-class TaskSpec:
+@dataclass(kw_only=True)
+class TaskSpec(TaskOptions, ProbeDataOptions):
     task: str
     data: str
     name: Optional[str] = None  # the JSON's "dataset" (default: the data folder's name)
-    split: str = "test"  # wds / ImageFolder split evaluated (linear probe: tested)
     recall_k: List[int] = field(default_factory=lambda: list(RECALL_K))
-    label_key: str = "label"
-    classnames: Optional[str] = None  # file
-    templates: Optional[str] = None  # built-in set or file; None: the dataset's, else imagenet7
-    train_data: Optional[str] = None  # linear probe: default = data (its train split)
-    train_split: str = "train"
-    val_data: Optional[str] = None
-    val_split: Optional[str] = None
-    val_proportion: float = 0.2  # of train, when there is no val split
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self):

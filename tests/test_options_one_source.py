@@ -1,12 +1,14 @@
 """The options dataclasses are the one source of their flags' defaults (clipforge/dataclass_cli.py):
-`clipforge convert` with no options gives ConvertOptions(), `clipforge eval` the run config's eval.* defaults,
-`clipforge launch` LocalLaunchOptions(), SlurmOptions() and TrainJob's defaults."""
+`clipforge convert` with no options gives ConvertOptions(), `clipforge eval` the run config's eval.* defaults
+and TaskSpec's, `clipforge launch` LocalLaunchOptions(), SlurmOptions() and TrainJob's defaults."""
 import dataclasses
 
 from clipforge.data_pipeline.convert.cli import parser
 from clipforge.data_pipeline.convert.options import ConvertOptions
 from clipforge.dataclass_cli import field_values, flag_fields
-from clipforge.eval.cli import parse_args
+from clipforge.eval.cli import parse_args, task_spec
+from clipforge.eval.task_options import ProbeConfig
+from clipforge.eval.tasks import TaskSpec
 from clipforge.launch.arguments import slurm_options
 from clipforge.launch.commands import _parser as launch_parser
 from clipforge.launch.slurm import SlurmOptions, TrainJob
@@ -54,3 +56,15 @@ def test_launch_flags_default_to_their_dataclasses():
                                                 time="1:00:00", python=given.python)
     assert {f.name for f in flag_fields(SlurmOptions)} == {f.name for f in dataclasses.fields(SlurmOptions)} - {"python"}
 
+
+def test_eval_task_flags_default_to_the_task_dataclasses():
+    """--split, --label-key, --train-split, --val-proportion, the probe's --fewshot-* ...: TaskSpec's fields (a suite
+    entry's keys), in both spellings."""
+    args = parse_args(["--model", "m", "--data", "d", "--task", "linear_probe"])
+    assert task_spec(args) == TaskSpec(task="linear_probe", data="d", recall_k=args.recall_k,
+                                       probe=ProbeConfig(batch_size=args.batch_size))
+    given = task_spec(parse_args(["--model", "m", "--data", "d", "--task", "linear_probe", "--split", "val",
+                                  "--label-key", "shape", "--train_split", "tr", "--val-proportion", "0.5",
+                                  "--fewshot_lr", "0.3", "--fewshot-epochs", "2", "--seed", "4"]))
+    assert (given.split, given.label_key, given.train_split, given.val_proportion) == ("val", "shape", "tr", 0.5)
+    assert given.probe == ProbeConfig(lr=0.3, epochs=2, seed=4, batch_size=given.probe.batch_size)
