@@ -8,6 +8,7 @@ from typing import Dict, List
 
 from tqdm import tqdm
 
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.shards import shard_name
 from .merge import merge, missing_shards
 from .options import ConvertError, ConvertOptions
@@ -16,6 +17,7 @@ from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
 from .process import process_chunk, worker_ready
 from .readers import read_inputs
 from .shard_writer import read_stats, remove_temporaries, write_shard
+from .upload import publish, staging_dir
 
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
 
@@ -109,13 +111,28 @@ def rejected_examples(out_dir: str, indices: List[int], limit: int = 3) -> List[
     return found
 
 
+def _convert_to_store(inputs: List[str], url: str, options: dict) -> Dict:
+    if options.get("num_nodes", 1) > 1:
+        raise ConvertError(f"--out {url}: nodes do not share a local staging folder; convert into a folder all "
+                           "nodes see, then upload it (or convert to the URL on one node)")
+    staging = staging_dir(url)
+    summary = convert(inputs, staging, **options)
+    if summary["manifest"]:
+        summary = {**summary, "out_dir": url, "manifest": f"{url.rstrip('/')}/manifest.json", "staging": staging,
+                   "published": publish(staging, url)}
+    return summary
+
+
 def convert(inputs: List[str], out_dir: str, **options) -> Dict:
     """Convert INPUTS into a shard dataset in OUT_DIR (DESIGN.md "Shard dataset"); returns the run summary.
 
     `options`: any other ConvertOptions field (fmt, image_size, resize_mode, samples_per_shard, workers,
     include_list, image_col, caption_col, keep_cols, dedup, num_nodes, node_rank, progress, ...), defaults there.
     Raises ConvertError (one line, names the file/flag) for bad input found before per-item work.
+    An fsspec URL as OUT_DIR (s3://...) is converted in a local staging folder and published (convert/upload.py).
     """
+    if remote.is_url(out_dir):
+        return _convert_to_store(inputs, out_dir, options)
     # Absolute input paths: a re-run or another node from another working directory has the same plan.
     options = ConvertOptions(inputs=[os.path.abspath(str(path)) for path in inputs], **options)
     options.validate()

@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     nodes, rank = slurm_defaults()
     p = argparse.ArgumentParser(prog="clipforge convert", description=__doc__, epilog=EXAMPLES + PEERS_EPILOG,
                                 formatter_class=HelpFormatter)
-    p.add_argument("--out", help="output folder of the shard dataset (required)")
+    p.add_argument("--out", help="output folder of the shard dataset (required); an s3://... (fsspec) URL is "
+                                 "converted in a local staging folder, then uploaded, the manifest last")
     add_fields(p, ConvertOptions, defaults={"num_nodes": nodes, "node_rank": rank})
     p.add_argument("--merge-only", action="store_true", help="only write sizes.json + manifest.json of --out")
     p.add_argument("--summary-json", help="also write the final summary to this file")
@@ -90,6 +91,9 @@ def print_summary(summary: dict) -> None:
     if rejected:
         print(f"every rejected item and its reason: the 'status' and 'error_message' columns of "
               f"{os.path.join(summary['out_dir'], 'shard-*.parquet')}")
+    if "published" in summary:  # --out URL: converted in the staging folder, then uploaded
+        print(f"published {summary['published']} file(s) from {summary['staging']} to {summary['out_dir']} "
+              "(manifest last)")
     print(f"manifest: {summary['manifest']}" if summary["manifest"] else "manifest: not yet (other shards pending)")
 
 
