@@ -4,17 +4,19 @@ Checks: each shard's bytes and sha256; samples per shard against the manifest, s
 every sample has an image, a non-empty UTF-8 caption file (further caption sources' too) and a json; keys have
 no dots and are unique across the dataset; every image decodes; the manifest's counts add up to its input items.
 Exit 0 when clean, 1 otherwise, 2 when DIR is not a shard dataset. Every problem names the shard (and key).
+DIR may be an fsspec URL (s3://bucket/ds, https://host/ds): its files are read through data_pipeline.remote,
+retried; a shard that stays unreadable is a problem naming the byte where reading stopped.
 """
 import argparse
 import hashlib
 import io
 import json
-import os
 import sys
 import tarfile
 from collections import defaultdict
 
 from clipforge.errors import UserError
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.shards import IMAGE_EXTS, shard_parquet_name, split_member_name
 
 SHARD_FIELDS = ("name", "bytes", "sha256", "samples")
@@ -26,15 +28,14 @@ class NotAShardDataset(UserError, ValueError):
 
 def _read_json(path: str):
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(remote.read_bytes(path))
     except (OSError, ValueError) as error:  # missing, unreadable, not UTF-8, not JSON
         raise NotAShardDataset(str(error)) from None
 
 
 def load_manifest(root: str) -> dict:
     """manifest.json with every field verify reads; NotAShardDataset (naming the field) otherwise."""
-    manifest = _read_json(os.path.join(root, "manifest.json"))
+    manifest = _read_json(remote.join(root, "manifest.json"))
     if not isinstance(manifest, dict):
         raise NotAShardDataset(f"{root}/manifest.json: expected a JSON object")
     if manifest.get("format") != "clipforge-shards":
@@ -91,19 +92,23 @@ def check_sample(shard: str, key: str, members: dict, problems: list) -> None:
 def _parquet_statuses(path: str) -> list:
     import pyarrow.parquet as pq
     try:
-        return pq.read_table(path, columns=["status"]).column("status").to_pylist()
+        source = io.BytesIO(remote.read_bytes(path)) if remote.is_url(path) else path
+        return pq.read_table(source, columns=["status"]).column("status").to_pylist()
     except (OSError, ValueError) as error:  # pyarrow's errors derive from these: a damaged or foreign file
         raise NotAShardDataset(f"{path}: {error}") from None
 
 
 def check_shard(root: str, entry: dict, seen: dict, problems: list) -> int:
-    name, path = entry["name"], os.path.join(root, entry["name"])
-    if not os.path.isfile(path):
+    name, path = entry["name"], remote.join(root, entry["name"])
+    if not remote.isfile(path):
         problems.append(f"{name}: missing (listed in manifest.json)")
         return 0
     try:
-        with open(path, "rb") as handle:
+        with remote.open_sequential(path) as handle:  # a URL in ranged blocks, each retried and resumed
             data = handle.read()
+    except remote.RemoteReadError as error:  # retried already: this shard is not verified, the others still are
+        problems.append(f"{name}: {error}")
+        return 0
     except OSError as error:
         raise NotAShardDataset(str(error)) from None
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
@@ -127,8 +132,8 @@ def check_shard(root: str, entry: dict, seen: dict, problems: list) -> int:
         check_sample(name, key, members, problems)
     if len(samples) != entry["samples"]:
         problems.append(f"{name}: {len(samples)} samples, manifest says {entry['samples']}")
-    parquet = os.path.join(root, shard_parquet_name(name))
-    if os.path.isfile(parquet):
+    parquet = remote.join(root, shard_parquet_name(name))
+    if remote.isfile(parquet):
         statuses = _parquet_statuses(parquet)
         if statuses.count("success") != len(samples):
             problems.append(f"{name}: parquet lists {statuses.count('success')} successes, tar has {len(samples)}")
@@ -147,8 +152,8 @@ def verify(root: str, progress: bool = True) -> tuple:
     if "input_items" in manifest and sum(manifest["counts"].values()) != manifest["input_items"]:
         problems.append(f"manifest.json: counts add up to {sum(manifest['counts'].values())}, "
                         f"input_items is {manifest['input_items']}")
-    sizes_path = os.path.join(root, "sizes.json")
-    if os.path.isfile(sizes_path):
+    sizes_path = remote.join(root, "sizes.json")
+    if remote.isfile(sizes_path):
         sizes = _read_json(sizes_path)
         expected = {entry["name"]: entry["samples"] for entry in manifest["shards"]}
         if sizes != expected:
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="clipforge verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example:\n  clipforge verify shards/")
-    parser.add_argument("dir", help="shard dataset folder (with manifest.json)")
+    parser.add_argument("dir", help="shard dataset folder (with manifest.json), or its fsspec URL (s3://...)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     try:
