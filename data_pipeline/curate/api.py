@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
+from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.convert.merge import VERSION
 from clipforge.data_pipeline.embeddings import dataset_root
 from clipforge.data_pipeline.shards import ShardSet, open_shards
@@ -59,11 +60,10 @@ RECOMPUTED = ("format", "version", "num_samples", "input_items", "shards", "coun
 
 def _manifest_sha256(source: str) -> Optional[str]:
     """Which version of the input this was curated from (None for tars without a manifest)."""
-    path = os.path.join(dataset_root(source), "manifest.json")
-    if not os.path.isfile(path):
+    path = remote.join(dataset_root(source), "manifest.json")
+    if not remote.isfile(path):
         return None
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
+    return hashlib.sha256(remote.read_bytes(path)).hexdigest()
 
 
 def _manifest(options: CurateOptions, shard_set: ShardSet, shards: List[dict], fates: FateTable) -> dict:
@@ -78,7 +78,8 @@ def _manifest(options: CurateOptions, shard_set: ShardSet, shards: List[dict], f
         "removed_by": dict(sorted(filters.items())),
         **{name: value for name, value in source.items() if name not in RECOMPUTED},
         "created_by": {"version": VERSION, "command": "curate", "config": options.content(),
-                       "input": {"path": os.path.abspath(options.source),
+                       "input": {"path": options.source if remote.is_url(options.source)
+                                 else os.path.abspath(options.source),
                                  "manifest_sha256": _manifest_sha256(options.source),
                                  "num_samples": len(fates.columns["key"])}},
     }
