@@ -162,6 +162,17 @@ def size(path: str) -> int:
     return int(_with_retries(path, 0, lambda: fs.size(p)))
 
 
+def stamp(path: str) -> tuple:
+    """What changes when the file does, for caches keyed on it: a local file's (size, mtime_ns); a URL's size
+    and the store's version tag (S3's ETag, an HTTP ETag / Content-MD5 / Digest header), None without one."""
+    if not is_url(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    fs, p = _fs(path)
+    info = _with_retries(path, 0, lambda: fs.info(p))
+    return int(info["size"]), next((str(info[k]) for k in ("ETag", "Content-MD5", "Digest") if info.get(k)), None)
+
+
 class RemoteFile:
     """A read-only, seekable file over an fsspec URL. pread() is one ranged request (random access: the
     loader); read() after seek() goes through an LRU of two BLOCK-sized blocks (sequential readers: the

@@ -6,7 +6,7 @@ numbers everywhere, no collective while training).
                            cfg=ProbeConfig(), cache_dir="runs/x/eval/features")
 
 Features are L2-normalised image embeddings (CLIP_benchmark's Featurizer, normalize=True). The cache key is
-the model's weights (sha256 of every tensor), the split's files (path, size, mtime), the transform, the
+the model's weights (sha256 of every tensor), the split's files (path, size, mtime; a URL's size and ETag), the transform, the
 precision and the label mapping: a retrained model or a changed dataset is embedded again, never read stale.
 Without a val split, `val_proportion` of the train features (a seeded draw) chooses the weight decay.
 """
@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from clipforge.atomic import atomic_path
+from clipforge.data_pipeline import remote
 from clipforge.eval.api import EvalRun, is_index, classnames_from, embed_share, gather_skips, label_indices
 from clipforge.modeling.model import open_clip_module
 from clipforge.eval.classification import chance_levels
@@ -45,7 +46,7 @@ def _files(source: EvalSource) -> List[str]:
 
 
 def data_fingerprint(source: EvalSource, **settings) -> str:
-    files = [(os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in _files(source)]
+    files = [(p if remote.is_url(p) else os.path.abspath(p), *remote.stamp(p)) for p in _files(source)]
     blob = json.dumps({"layout": source.layout, "files": files, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
