@@ -1,5 +1,6 @@
-"""torch.distributed for eval: join the job torchrun/srun started, and the two collectives metrics need.
+"""torch.distributed for eval: join the job torchrun/srun started, and the collectives metrics need.
 
+Start-up and the variable-size all-gather are `modeling.distributed`'s, the ones training uses too.
 Every rank calls every collective the same number of times (a rank with no samples contributes empty
 tensors), so a rank with nothing to embed never leaves the others waiting.
 """
@@ -11,30 +12,21 @@ import torch
 import torch.distributed as dist
 
 from clipforge.eval.retrieval import Comm
+from clipforge.modeling.distributed import all_gather_padded, env_from_srun, gather_sizes, rank_world, start_process_group
+
+__all__ = ["init_from_env", "rank_world", "TorchComm", "comm_for_world"]
 
 
 def init_from_env() -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1) or srun (SLURM_NTASKS > 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size() > 1
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "SLURM_PROCID" in os.environ:
-        # plain srun: map slurm's variables to env:// ones (MASTER_ADDR/PORT must be exported by the job)
-        os.environ.setdefault("RANK", os.environ["SLURM_PROCID"])
-        os.environ.setdefault("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))
-        os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    env_from_srun()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    start_process_group(torch.cuda.is_available(), lambda backend: dist.init_process_group(
+        backend, timeout=timedelta(minutes=30)))
     return True
-
-
-def rank_world() -> tuple:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class TorchComm(Comm):
@@ -46,16 +38,8 @@ class TorchComm(Comm):
         self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
     def all_gather_cat(self, x: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size()
-        size = torch.tensor([len(x)], device=self.device)
-        sizes = [torch.zeros_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros((longest,) + tuple(x.shape[1:]), dtype=x.dtype, device=self.device)
-        padded[:len(x)] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)]).to(x.device)
+        sizes = gather_sizes(len(x), self.device)
+        return all_gather_padded(x.to(self.device), sizes).to(x.device)
 
     def _reduce(self, x: torch.Tensor, op) -> torch.Tensor:
         out = x.to(self.device, copy=True)

@@ -9,32 +9,29 @@ FutureWarning fails the test suite), and it needs equal sizes on every rank. So 
 FutureWarning) `all_gather_into_tensor` and `reduce_scatter_tensor`: we use their replacements
 `all_gather_single` and `reduce_scatter_single`.
 
-Local sizes may differ (the loader drops undecodable samples): the sizes are gathered first, each
-rank pads to the largest, one `all_gather_single` moves the data and the pads are dropped.
-Works on gloo (CPU) and NCCL (GPU): only `all_gather_single` and `reduce_scatter_single`.
-When torch.distributed is not initialised (or world size is 1) everything is the identity.
+Local sizes may differ (the loader drops undecodable samples): the sizes and the padded rows move through
+`modeling.distributed` (`gather_sizes`, `all_gather_padded`), the one variable-size all-gather eval uses too;
+the backward is one `reduce_scatter_single`. When torch.distributed is not initialised (or world size is 1)
+everything is the identity.
 
-Start-up: `init_distributed(cfg.train.device) -> DistInfo` turns the torchrun/srun environment into the
-process group (NCCL on GPUs, gloo on CPU; alone, a world of one).
+Start-up: `init_distributed(cfg.train.device) -> DistInfo` turns the torchrun environment into the process
+group through DeepSpeed (`modeling.distributed.start_process_group`: NCCL on GPUs, gloo on CPU; alone, a
+world of one).
 """
 import os
 import socket
-from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from clipforge.modeling.distributed import (DistInfo, all_gather_padded, gather_sizes, pad_rows, rank,
+                                            start_process_group, world_size)
 from clipforge.pretrain.quiet import quiet_cpu_startup
 
-
-@dataclass
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
+__all__ = ["DistInfo", "init_distributed", "gather_sizes", "all_gather_with_grad", "all_gather_no_grad",
+           "average_batchnorm_statistics", "all_finite", "rank", "world_size"]
 
 
 def _free_port() -> int:
@@ -53,69 +50,28 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if "RANK" not in os.environ:  # plain `python -m clipforge.pretrain`: a world of one on this host
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    with quiet_cpu_startup(on_cpu=not use_cuda):  # the CPU backend builds its shared-memory op here
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
+    def join(backend: str) -> None:
+        with quiet_cpu_startup(on_cpu=not use_cuda):  # the CPU backend builds its shared-memory op here
+            deepspeed.init_distributed(dist_backend=backend)
 
-def world_size(group=None) -> int:
-    """World size of the (default) process group; 1 when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(group)
-    return 1
-
-
-def rank(group=None) -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group)
-    return 0
-
-
-def gather_sizes(n: int, device: torch.device, group=None) -> List[int]:
-    """Every rank's local row count, in rank order ([n] when not distributed)."""
-    world = world_size(group)
-    if world == 1:
-        return [n]
-    # One int64 per rank; on NCCL it must live on the GPU, hence `device`.
-    mine = torch.tensor([n], dtype=torch.int64, device=device)
-    out = torch.empty(world, dtype=torch.int64, device=device)
-    dist.all_gather_single(out, mine, group=group)
-    return out.tolist()
-
-
-def _pad_rows(x: Tensor, rows: int) -> Tensor:
-    if x.shape[0] == rows:
-        return x.contiguous()
-    return torch.cat([x, x.new_zeros((rows - x.shape[0],) + tuple(x.shape[1:]))])
+    return start_process_group(use_cuda, join)
 
 
 class _AllGatherVariable(torch.autograd.Function):
-    """forward: all_gather of padded rows, pads dropped; backward: reduce-scatter (sum) of the grad."""
+    """forward: the padded all-gather, pads dropped; backward: reduce-scatter (sum) of the grad."""
 
     @staticmethod
     def forward(ctx, x: Tensor, sizes: Sequence[int], group) -> Tensor:
         ctx.sizes, ctx.group = tuple(sizes), group
         ctx.rank = rank(group)
-        most = max(sizes)
-        out = x.new_empty((len(sizes) * most,) + tuple(x.shape[1:]))
-        dist.all_gather_single(out, _pad_rows(x, most), group=group)
-        if all(s == most for s in sizes):
-            return out
-        # [world * most, ...] -> drop each rank's pad rows.
-        return torch.cat([out[r * most: r * most + s] for r, s in enumerate(sizes)])
+        return all_gather_padded(x, sizes, group)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         sizes, most = ctx.sizes, max(ctx.sizes)
         # Every rank holds d(its loss)/d(all rows); rank r needs the sum over ranks of rows of r.
-        padded = torch.cat([_pad_rows(g, most) for g in grad.split(list(sizes))])
+        padded = torch.cat([pad_rows(g, most) for g in grad.split(list(sizes))])
         mine = grad.new_empty((most,) + tuple(grad.shape[1:]))
         dist.reduce_scatter_single(mine, padded.contiguous(), op=dist.ReduceOp.SUM, group=ctx.group)
         return mine[: sizes[ctx.rank]], None, None
