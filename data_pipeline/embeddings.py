@@ -51,7 +51,16 @@ def dataset_fingerprint(spec: str) -> str:
     raise StaleEmbeddings(f"{root}: no manifest.json or sizes.json to key stored embeddings on")
 
 
+class RemoteStoreUnsupported(UserError, ValueError):
+    """Stored embeddings live beside the shards, and a dataset at a URL is only read (data_pipeline.remote)."""
+
+
 def store_dir(spec: str, name: str) -> str:
+    if remote.is_url(spec):  # refused before any path is made of the URL (it would become a local "s3:" folder)
+        raise RemoteStoreUnsupported(
+            f"{spec}: stored embeddings (clipforge embed, the locked text tower's cache model.text_cache) are kept "
+            "beside the shards, which a URL does not allow yet; copy the dataset to a local folder, or turn the "
+            "cache off (model.text_cache=false)")
     return os.path.join(dataset_root(spec), "embeddings", name)
 
 

@@ -2,13 +2,17 @@
 the same batches as from the local copy, every sample once per epoch over ranks and workers, exact resume
 on another world size; the dataset named by its folder, its manifest or a brace pattern."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from clipforge.data_pipeline.config import DataConfig, SourceConfig
 from clipforge.data_pipeline.shards import ShardError, open_shards
+from clipforge.data_pipeline.stream import build_train_loader
+from clipforge.errors import UserError
 from tests.data_pipeline.conftest import write_dataset
 from tests.data_pipeline.remote_servers import s3_server, upload_dir
 from tests.data_pipeline.test_stream_loader import make_loader, take_global
@@ -84,3 +88,15 @@ def test_endpoint_and_credentials_come_from_the_fsspec_and_aws_environment(s3, t
     done = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "6"
+
+
+def test_stored_embeddings_beside_a_remote_dataset_are_refused_in_one_line(s3, tmp_path):
+    write_dataset(tmp_path / "ds", num_shards=1, per_shard=4)
+    url = upload_dir(s3, tmp_path / "ds", "bucket", "ds")
+    cfg = DataConfig(sources=[SourceConfig(url)], shuffle_window=4)
+    with pytest.raises(UserError, match=r"s3://bucket/ds: stored embeddings .* copy the dataset to a local folder, "
+                                        r"or turn the cache off \(model.text_cache=false\)"):
+        build_train_loader(cfg, seed=0, global_batch_size=2, rank=0, world_size=1, image_size=16,
+                           tokenizer=lambda captions: torch.zeros(len(captions), 4, dtype=torch.long),
+                           text_store=("text-0123", {"sha256": "0"}))
+    assert not os.path.exists("s3:")  # no local folder was made of the URL
