@@ -38,8 +38,9 @@ class RemoteReadError(OSError):
         self.url, self.offset = url, offset
 
 
-class RangeNotSupported(UserError, OSError):
-    """The server answered a ranged request with more bytes than asked: it ignores HTTP Range."""
+class RangeNotSupported(UserError, ValueError):
+    """The server answered a ranged request with more bytes than asked: it ignores HTTP Range. Not an OSError,
+    so no reader counts it as one bad sample: every read of such a server would fail the same way."""
 
 
 def is_url(path: str) -> bool:

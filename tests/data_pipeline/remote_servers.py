@@ -69,6 +69,7 @@ class Faults:
         self._broken: Dict[str, int] = {}        # always: no byte from here on is ever sent
         self._unavailable: Dict[str, int] = {}   # the next n requests (HEAD or GET) answer 503
         self._slow: Dict[str, float] = {}        # pause this long halfway through every body
+        self.ranges = True                       # False: answer every GET with the whole file (200)
         # (path, first byte, end, outcome) of every GET; a HEAD is recorded with bytes -1, -1
         self.requests: List[Tuple[str, int, int, str]] = []
 
@@ -138,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = os.path.getsize(full)
         start, end, status = 0, size, 200
         spec = self.headers.get("Range", "")
-        if spec.startswith("bytes="):
+        if spec.startswith("bytes=") and self.server.faults.ranges:
             first, _, last = spec[len("bytes="):].partition("-")
             start, end, status = int(first or 0), min(size, int(last) + 1 if last else size), 206
         kind, arg = self.server.faults.plan(rel, start, end)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from clipforge.data_pipeline import remote
+from clipforge.errors import UserError
 from tests.data_pipeline.conftest import write_dataset
 from tests.data_pipeline.remote_servers import http_server
 from tests.data_pipeline.test_remote_s3 import batches
@@ -86,3 +87,11 @@ def test_a_shard_that_stays_broken_is_counted_as_skipped_with_its_offset(served,
     assert f"skipping samples of {url}: the read at byte {failed_block} failed after its retries" in capsys.readouterr().err
     tries = [r for r in server.faults.requests if r[0] == "ds/shard-000001.tar" and r[1] == failed_block]
     assert [o for *_, o in tries] == ["cut"] * 3
+
+
+def test_a_server_that_ignores_ranges_is_refused_in_one_line(served):
+    server, _, _ = served
+    server.faults.ranges = False
+    loader = make_loader([(server.url("ds"), 1)])
+    with pytest.raises(UserError, match=r"shard-00000\d\.tar: the server ignores ranged reads .* honours HTTP Range"):
+        next(iter(loader))
