@@ -189,18 +189,21 @@ def time_to(curve, target: float) -> Optional[float]:
 
 
 def table(results: List[Dict]) -> str:
-    peer = next((r for r in results if r["name"] == "peer-scratch"), None)
-    target = peer["curve"][-1][1] if peer and peer["curve"] else None
+    """Each run's time to accuracy is against the peer of its variant: LiT runs against peer-lit's final dev
+    figure, the others (scratch, parity) against peer-scratch's."""
+    finals = {r["name"]: r["curve"][-1][1] for r in results if r["name"].startswith("peer-") and r["curve"]}
     rows = []
     for r in results:
+        target = finals.get("peer-lit" if r["name"].endswith("lit") else "peer-scratch")
         reach = time_to(r["curve"], target) if target is not None else None
         rows.append([r["name"], r["trainer"], f"{100 * r['test']:.2f} %", f"{r['wall_s'] / 60:.1f}",
                      f"{100 * r['curve'][-1][1]:.2f} %" if r["curve"] else "-",
-                     f"{reach / 60:.1f}" if reach is not None else "not reached"])
-    note = (f"Time to accuracy: minutes until dev mean R@10 first reaches open_clip_train's final dev figure "
-            f"({100 * target:.2f} %)." if target is not None else "")
+                     f"{reach / 60:.1f}" if reach is not None else "not reached" if target is not None else "-"])
+    note = ("Time to accuracy: minutes until dev mean R@10 first reaches the final dev figure of open_clip_train "
+            "in the same variant (" + ", ".join(f"{name} {100 * dev:.2f} %" for name, dev in finals.items())
+            + ")." if finals else "")
     return markdown_table(["run", "trainer", "test mean R@10", "wall (min)", "final dev mean R@10",
-                           "time to peer's dev (min)"], rows) + "\n\n" + note + "\n"
+                           "time to its peer's final dev (min)"], rows) + "\n\n" + note + "\n"
 
 
 def main(argv=None) -> int:

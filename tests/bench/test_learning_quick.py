@@ -22,6 +22,6 @@ def test_quick_side_by_side_runs(flickr8k_dir, repo_root, tmp_path):
     assert [r["name"] for r in runs] == ["peer-scratch", "peer-lit", "parity", "recipe-scratch", "recipe-lit"]
     for r in runs:
         assert 0.0 <= r["test"] <= 1.0 and r["wall_s"] > 0 and r["curve"], r["name"]
-    assert "time to peer's dev" in proc.stdout
+    assert "time to its peer's final dev" in proc.stdout
     # The recipes' LiT run trained from the stored text-tower outputs, not the live tower.
     assert list((tmp_path / "shards-train" / "embeddings").glob("text-*/manifest.json"))
