@@ -20,8 +20,8 @@ def test_run_all_quick_writes_table(tmp_path):
                                 "learning", "side-by-side figures of make bench-learning"))
     names = SUBSET + ["common", "not_written_yet"]
     proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--only", ",".join(names),
-                           "--out", str(out), "--timeout", "100"],
-                          cwd=REPO, capture_output=True, text=True, timeout=110 * len(names))
+                           "--out", str(out), "--timeout", "400"],
+                          cwd=REPO, capture_output=True, text=True, timeout=410 * len(names))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = out.read_text()
 
