@@ -1,5 +1,6 @@
 """Eval fixtures: a small real shard set (rendered scenes, 2 captions each, shape/colour labels in KEY.json)
 and a seeded tiny open_clip model saved as model.pt and as an open_clip local-dir export."""
+import csv
 import json
 
 import open_clip
@@ -15,10 +16,26 @@ from clipforge.data_pipeline.synthetic import SHAPES, make_synthetic_dataset
 def eval_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalset")
     captions = make_synthetic_dataset(str(root / "raw"), num_train=0, num_val=40, size=64, seed=3)
+    unique_captions(captions)
     convert([str(captions)], str(root / "shards"), image_size=64, samples_per_shard=16, keep_cols=["shape", "color"],
             progress=False)
     (root / "shapes.txt").write_text("\n".join(SHAPES) + "\n")
     return root
+
+
+def unique_captions(captions_csv) -> None:
+    """Number every caption. 12 of the 80 rendered captions repeat (same shape, colour and place): identical
+    texts score exactly alike, and which of the tied captions top-k returns first is not fixed (after an
+    in-process convert it changed), so a recall@k compared for equality with a reference could differ by
+    one hit. Numbered, every text is unique and the rankings have no exact ties."""
+    with open(captions_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["caption"] = f"{row['caption']} ({i})"
+    with open(captions_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 @pytest.fixture(scope="session")
