@@ -143,7 +143,7 @@ def peer_rows(learning_json: str, ncols: int) -> list:
         if r["name"].startswith("recipe-"):
             continue  # the recipes are the rows above
         cells = [f"{r['name']} ({r['trainer']})", "the recipes' model shape (configs/models/flickr8k-rn.json)",
-                 "1,170", "149,760", f"{r['wall_s'] / 60:.1f} min", "batch 128, lr 0.001, wd 0.2, fp32, 1 caption"]
+                 "1,170", "149,760", f"{r['wall_s'] / 60:.1f} min", "batch 128 on 2 ranks, lr 0.001, wd 0.2, fp32, 1 caption"]
         cells += ["-"] * (ncols - len(cells) - 1) + [pct(r["test"])]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
