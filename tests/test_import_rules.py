@@ -103,9 +103,11 @@ def test_packages_import_only_the_layers_below(package):
 
 
 def _repo_files() -> List[Path]:
-    """Every Python file of the checkout: the packages, tests, bench and the top level (not the venv or runs)."""
-    skip = {".venv", "runs", ".git", "build", "shared"}
-    return sorted(p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts[:1]))
+    """Every Python file of the checkout: the packages, tests, bench and the top level. Not the dot folders
+    (.venv, .venv-peers: third-party code, some of it not even UTF-8; .git), runs or build."""
+    skip = {"runs", "build", "shared"}
+    return sorted(p for p in REPO.rglob("*.py")
+                  if not (skip & set(p.relative_to(REPO).parts[:1]) or p.relative_to(REPO).parts[0].startswith(".")))
 
 
 def _dynamic_imports(path: Path) -> Iterator[Tuple[str, int]]:
