@@ -102,10 +102,11 @@ def plot(runs, figures: str) -> tuple:
 
 
 def machine(out_dir: str) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    with open("/proc/cpuinfo") as f:
+        info = f.read().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
     # the kind matters: the same recipe ran 21 min on one 2-core EPYC and 30 min on another (docs/flickr8k.md)
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
     isa = "AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else \
         "AVX2" if "avx2" in flags else "no AVX2"
     text = f"{os.cpu_count()} CPU cores ({cpu}, {isa}), no GPU"
