@@ -14,6 +14,7 @@ from .merge import merge, missing_shards
 from .options import ConvertError, ConvertOptions
 from .optout import ROBOTS, describe
 from .plan import make_plan, owned_by, shard_tasks, write_or_check_plan
+from .prefetch import Prefetch, is_remote, ordered_shards
 from .process import process_chunk, worker_ready
 from .readers import read_inputs
 from .shard_writer import read_stats, remove_temporaries, write_shard
@@ -60,9 +61,10 @@ class _Dedup:
 CHUNK = 64
 
 
-def _run_pool(todo, options: ConvertOptions, finish, bar) -> float:
+def _run_pool(todo, options: ConvertOptions, finish, bar, fetch=None) -> float:
     """Workers process chunks of shards; results come back in task order (imap), so shard i is written before
-    shard i+1 and its content never depends on which worker was faster."""
+    shard i+1 and its content never depends on which worker was faster. With URLs (`fetch`), chunks of finished
+    downloads come back in any order and prefetch.ordered_shards puts every shard together in input order."""
     tasks, parts = [], {}
     for index, keyed, _ in todo:
         chunks = [keyed[start:start + CHUNK] for start in range(0, len(keyed), CHUNK)]
@@ -75,6 +77,10 @@ def _run_pool(todo, options: ConvertOptions, finish, bar) -> float:
         # Workers import the codecs (~0.5 s) before they work: keep that start-up out of the reported rate.
         pool.map(worker_ready, range(size), chunksize=1)
         ready = time.perf_counter()
+        if fetch:
+            for index, results in ordered_shards(fetch, pool.imap_unordered, CHUNK, bar):
+                finish(index, results)
+            return ready
         for index, results in pool.imap(process_chunk, tasks):
             pending += results
             bar.update(len(results))
@@ -167,13 +173,20 @@ def convert(inputs: List[str], out_dir: str, **options) -> Dict:
         write_shard(out_dir, index, results, extension, options.keep_cols, options.one_caption_per_txt,
                     list(options.extra_caption_sources()))
 
+    # URL downloads start now, while the workers start (prefetch.py)
+    fetch = Prefetch(todo, options) if any(is_remote(item.source) for _, keyed, _ in todo for _, item in keyed) else None
     try:
-        if options.workers == 1 or not todo:
+        if fetch and options.workers == 1:
+            for index, results in ordered_shards(fetch, map, CHUNK, bar):
+                finish(index, results)
+        elif options.workers == 1 or not todo:
             for task in todo:
                 finish(*process_chunk(task, on_item=lambda: bar.update(1)))
         else:
-            done_started = _run_pool(todo, options, finish, bar)
+            done_started = _run_pool(todo, options, finish, bar, fetch)
     finally:
+        if fetch:
+            fetch.close()
         bar.close()
     seconds_working = time.perf_counter() - done_started
     counts, reasons, with_rejects = Counter(), Counter(), []

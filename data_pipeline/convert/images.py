@@ -29,7 +29,10 @@ TRANSPOSED = (5, 6, 7, 8)
 class ItemError(Exception):
     def __init__(self, status: str, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.detail = status, reason, detail
+
+    def __reduce__(self):  # a download's error travels from the parent's prefetch threads to a worker process
+        return ItemError, (self.status, self.reason, self.detail)
 
 
 @dataclass

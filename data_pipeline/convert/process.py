@@ -28,7 +28,8 @@ def clean_sources(sources: Dict[str, List[str]]) -> Dict[str, List[str]]:
     return cleaned
 
 
-def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
+def process_item(key: str, item: Item, options: ConvertOptions, fetched=None) -> dict:
+    """`fetched`: the source's bytes or its download's ItemError when prefetch.py got them; None: fetch here."""
     result = {"key": key, "source": item.source, "captions": [], "status": "success", "reason": "",
               "error_message": "", "width": None, "height": None, "original_width": None,
               "original_height": None, "sha256": None, "data": None, "extra": item.extra, "caption_sources": {},
@@ -42,7 +43,9 @@ def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
             raise ItemError(status, status.replace("_", " "), message)
         result["captions"] = captions
         result["caption_sources"] = clean_sources(item.caption_sources)
-        data = fetch(item.source, options)
+        if isinstance(fetched, ItemError):
+            raise fetched
+        data = fetch(item.source, options) if fetched is None else fetched
         result["sha256"] = hashlib.sha256(data).hexdigest()
         processed = process_image(data, options)
     except ItemError as error:
@@ -57,22 +60,23 @@ def process_item(key: str, item: Item, options: ConvertOptions) -> dict:
     return result
 
 
-def process_chunk(task: Tuple[int, List[Tuple[str, Item]], ConvertOptions],
-                  on_item: Optional[Callable[[], None]] = None) -> Tuple[int, List[dict]]:
-    """Items of one shard (all, or a chunk) -> (shard index, results in input order). Threads change speed only."""
+def process_chunk(task: Tuple[Optional[int], list, ConvertOptions],
+                  on_item: Optional[Callable[[], None]] = None) -> Tuple[Optional[int], List[dict]]:
+    """Items of one shard (all, or a chunk) -> (shard index, results in input order). Threads change speed only.
+    Items are (key, item), or (key, item, fetched) from prefetch.py (index None: a chunk across shards)."""
     index, keyed_items, options = task
-    # Downloads wait on the network: 16 threads keep a core busy. Local reads (and file:// URLs) do not wait.
-    remote = any(item.source.startswith(("http://", "https://")) for _, item in keyed_items)
-    threads = options.threads or (16 if remote else 1)
+    # URL downloads are fetched ahead (prefetch.py): what is left here is image work, one thread a worker;
+    # local reads may gain from more threads on a network file system (--threads).
+    threads = options.threads if options.threads and all(len(entry) == 2 for entry in keyed_items) else 1
 
-    def one(pair):
-        result = process_item(pair[0], pair[1], options)
+    def one(entry):
+        result = process_item(*entry[:2], options, *entry[2:])
         if on_item:
             on_item()
         return result
 
     if threads == 1:
-        return index, [one(pair) for pair in keyed_items]
+        return index, [one(entry) for entry in keyed_items]
     with ThreadPoolExecutor(threads) as pool:
         return index, list(pool.map(one, keyed_items))
 
