@@ -9,9 +9,11 @@ from bench.common import section, with_section
 
 from tests.conftest import REPO
 
-# gpu: its CPU logic check (tiny model); loss: the tiled-loss benchmark (needs no peer install);
-# common: not a benchmark (no run()), so it must FAIL and be reported; not_written_yet: MISSING.
-SUBSET = ["gpu", "loss"]
+# gpu: its CPU logic check (tiny model); loss: the tiled-loss benchmark (needs no peer install); convert_urls:
+# 40 downloads from a loopback server (~10 s; img2dataset's row only where it is installed, Flickr8k's photos
+# where present, else a "skipped" row); common: not a benchmark (no run()), so it must FAIL and be reported;
+# not_written_yet: MISSING.
+SUBSET = ["gpu", "loss", "convert_urls"]
 
 
 def test_run_all_quick_writes_table(tmp_path):
