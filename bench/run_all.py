@@ -25,9 +25,9 @@ from typing import Dict, List, Optional
 from bench.common import RESULT_KEYS, machine_info, markdown_table, section, with_section, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-# The list, in table order: converter (local files, then URLs), loader, trainer overhead + ZeRO memory,
-# eval, loss.
-EXPECTED = ["convert", "convert_urls", "loader", "trainer", "eval", "loss"]
+# The list, in table order: converter (local files, URLs, large originals), loader, trainer overhead +
+# ZeRO memory, eval, loss.
+EXPECTED = ["convert", "convert_urls", "convert_large", "loader", "trainer", "eval", "loss"]
 # Modules in bench/ that are not benchmarks run here (gpu needs CUDA and writes its own section).
 NOT_BENCHMARKS = {"__init__", "__main__", "common", "run_all", "gpu", "sizing"}
 CPU_ENV = {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
