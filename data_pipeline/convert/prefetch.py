@@ -3,8 +3,9 @@
 Why not in the workers, as before: a worker's chunk of 64 items returned when its slowest download did, and at a
 few % of slow bodies (1-2 s) most chunks hold one (1 - 0.97^64 = 86 %), so the cores idled while a thread waited.
 Here a chunk is made of downloads in the order they finish, so a slow or failing URL holds back only the writing of
-its own shard. Up to `window` items are admitted ahead of the oldest unwritten shard: what is held is their
-results (~40 KB each at 256 px), as when a whole shard is gathered before it is written.
+its own shard. At most 4 items per download thread are downloading or downloaded and not yet processed, which
+bounds the source bytes held (LAION's average ~0.3 MB: ~150 MB for 2 workers); the results (~40 KB each at 256 px)
+wait for their shard to be whole, as before.
 """
 import queue
 import threading
@@ -37,8 +38,7 @@ class Prefetch:
         self.sizes = {index: len(keyed) for index, keyed, _ in todo}
         self.places = {key: (index, position) for index, keyed, _ in todo for position, (key, _) in enumerate(keyed)}
         threads = (options.threads or DOWNLOADS_PER_WORKER) * options.workers
-        # >= one whole shard, or the oldest shard could never complete and release room
-        self._room = threading.Semaphore(max(2 * max(self.sizes.values(), default=1), 4 * threads))
+        self._room = threading.Semaphore(4 * threads)
         self._ready: "queue.Queue[tuple]" = queue.Queue()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="download")
         self._stop = threading.Event()
@@ -77,7 +77,7 @@ class Prefetch:
             left -= len(chunk)
             yield chunk
 
-    def written(self, count: int) -> None:
+    def processed(self, count: int) -> None:
         self._room.release(count)
 
     def close(self) -> None:
@@ -95,6 +95,7 @@ def ordered_shards(fetch: Prefetch, mapper: Callable, chunk: int, bar) -> Iterat
     try:
         for _, results in mapper(process_chunk, tasks):
             bar.update(len(results))
+            fetch.processed(len(results))
             for result in results:
                 index, position = fetch.places[result["key"]]
                 buffers[index][position] = result
@@ -102,6 +103,5 @@ def ordered_shards(fetch: Prefetch, mapper: Callable, chunk: int, bar) -> Iterat
             while order and left[order[0]] == 0:
                 index = order.pop(0)
                 yield index, buffers.pop(index)
-                fetch.written(fetch.sizes[index])
     finally:
         fetch.close()
