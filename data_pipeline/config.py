@@ -43,6 +43,10 @@ class DataConfig:
     # Captions of an image per visit (distinct lines of KEY.txt, seeded; cycled when an image has fewer).
     # The loss treats all of them as positives of the image (pretrain/loss.py), never as its negatives.
     captions_per_sample: int = 1
+    # NegCLIP hard negatives per image (0 = off): the first K lines of KEY.neg.txt (convert --neg-caption-col),
+    # cycled when a sample has fewer; batch["neg_tokens"] [b, K, L]. Scored against their own image only, as its
+    # negatives (pretrain/loss.py). A sample without KEY.neg.txt is skipped, counted (missing_hard_negatives).
+    hard_negatives: int = 0
     # Train augmentation: RandomResizedCrop area range (open_clip's default 0.9-1.0) and a horizontal
     # flip with probability 1/2 (off by default, as in open_clip). Both seeded per sample position.
     crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
@@ -68,12 +72,17 @@ class DataConfig:
             raise DataConfigError(f"data.crop_scale={list(self.crop_scale)}: give [min, max] with 0 < min <= max <= 1")
         if self.captions_per_sample < 1:
             raise DataConfigError(f"data.captions_per_sample={self.captions_per_sample}: must be >= 1")
+        if self.hard_negatives < 0:
+            raise DataConfigError(f"data.hard_negatives={self.hard_negatives}: must be >= 0 (0 = off)")
         if self.workers < 0:
             raise DataConfigError(f"data.workers={self.workers}: must be >= 0")
         if self.caption_weights is not None:
             check_caption_weights(self.caption_weights)
 
 
+# KEY.neg.txt: the hard negatives' member (convert --neg-caption-col); here, not in shards.py, to keep this torch-free
+# module's imports light (launch validates configs on login nodes); shards.py re-exports it.
+HARD_NEGATIVES = "neg.txt"
 # What convert writes: "txt" (KEY.txt) or a sanitised column name + ".txt" (data_pipeline/shards.caption_source_name).
 CAPTION_SOURCE_NAME = re.compile(r"txt|[a-z0-9]([a-z0-9_-]*[a-z0-9])?\.txt")
 
@@ -83,6 +92,9 @@ def check_caption_weights(weights: Dict[str, float]) -> None:
     if not weights:
         raise DataConfigError("data.caption_weights is empty: give {txt: 1.0, NAME.txt: w, ...} or null (KEY.txt only)")
     for name, weight in weights.items():
+        if name == HARD_NEGATIVES:
+            raise DataConfigError(f"data.caption_weights: {name!r} holds the hard negatives (captions that do not match "
+                                  "the image), never positives; drop it (they are read by data.hard_negatives)")
         if not CAPTION_SOURCE_NAME.fullmatch(str(name)):
             raise DataConfigError(f"data.caption_weights: {name!r} is not a caption source name; give member "
                                   "extensions: txt (KEY.txt, the primary) or NAME.txt (KEY.NAME.txt, written by "

@@ -13,6 +13,10 @@ primary --caption-col NAME`; the source is called by its member extension ("txt"
 manifest lists the dataset's in "caption_sources". The train loader picks one per visit by
 data.caption_weights (data_pipeline/stream/caption_sources.py).
 
+Hard negatives (NegCLIP): KEY.neg.txt, one caption per line that does NOT describe the image, written by
+`clipforge convert --neg-caption-col COL`; never a caption source (the manifest names it apart, in
+"hard_negatives"). The train loader reads it for data.hard_negatives (data_pipeline/stream/hard_negatives.py).
+
 Every path is checked when the dataset is opened, before any work: a missing or unreadable
 shard raises ShardError naming it. Samples are read by scanning tar headers (no index file is
 required from the converter); `index_tar` gives the byte offsets of every member, which the
@@ -29,6 +33,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from braceexpand import braceexpand
 
 from clipforge.data_pipeline import remote
+from clipforge.data_pipeline.config import HARD_NEGATIVES  # noqa: F401  (KEY.neg.txt; re-exported for readers)
 from clipforge.errors import UserError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

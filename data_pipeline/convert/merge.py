@@ -8,7 +8,7 @@ from collections import Counter
 from typing import List
 
 from clipforge.atomic import write_atomic
-from clipforge.data_pipeline.shards import PRIMARY_CAPTIONS, caption_source_name, shard_name
+from clipforge.data_pipeline.shards import HARD_NEGATIVES, PRIMARY_CAPTIONS, caption_source_name, shard_name
 from .options import ConvertError
 from .plan import in_current_terms, load_plan
 from .shard_writer import read_stats
@@ -52,6 +52,8 @@ def merge(out_dir: str) -> dict:
         "caption_sources": [PRIMARY_CAPTIONS] + [caption_source_name(column) for column in options["caption_col"][1:]],
         "created_by": {"version": VERSION, "config": options},
     }
+    if options["neg_caption_col"]:  # KEY.neg.txt (--neg-caption-col): what data.hard_negatives reads
+        manifest["hard_negatives"] = HARD_NEGATIVES
     if sum(counts.values()) != plan["num_items"]:
         raise ConvertError(f"{out_dir}: shard stats count {sum(counts.values())} items but the plan has "
                            f"{plan['num_items']}: the shards come from another run; convert into an empty --out")

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional
 
 from clipforge.dataclass_cli import option
 from clipforge.errors import UserError
-from clipforge.data_pipeline.shards import caption_source_name
+from clipforge.data_pipeline.shards import HARD_NEGATIVES, caption_source_name
 
 FORMATS = ("auto", "folder", "csv", "tsv", "parquet", "jsonl", "coco", "flickr", "urls")
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "none")
@@ -34,6 +34,11 @@ class ConvertOptions:
     caption_col: List[str] = option([], "table column with the captions (default: guessed); repeat it for more "
                                     "caption sources: each further column C is written as KEY.C.txt",
                                     action="append", metavar="COLUMN")
+    # NegCLIP hard negatives: captions that do NOT match the image, all written to KEY.neg.txt (one per line) as the
+    # caption column is read: a list cell (parquet, jsonl) or the rows of one image give several.
+    neg_caption_col: Optional[str] = option(None, "table column with hard-negative captions (a list cell, or one "
+                                            "per row of the image), written as KEY.neg.txt for training's "
+                                            "data.hard_negatives", metavar="COLUMN")
     keep_cols: List[str] = option([], "comma-separated columns copied into KEY.json and the parquet", type=_columns)
     # Folder/COCO/Flickr json: where the image files are (default: the folder of the input).
     image_root: Optional[str] = option(None, "folder the image paths are relative to (default: the input's folder)")
@@ -81,9 +86,9 @@ class ConvertOptions:
     node_rank: int = option(0, "this machine's rank (from slurm)")
     progress: bool = option(True, "no progress bar or read notes", "--no-progress")
 
-    CONTENT_KEYS = ("inputs", "fmt", "image_col", "caption_col", "keep_cols", "image_root", "split", "include_list",
-                    "image_size", "resize_mode", "encode_format", "quality", "min_size", "max_aspect_ratio",
-                    "max_pixels", "dedup", "samples_per_shard", "one_caption_per_txt", "disallow_optout",
+    CONTENT_KEYS = ("inputs", "fmt", "image_col", "caption_col", "neg_caption_col", "keep_cols", "image_root", "split",
+                    "include_list", "image_size", "resize_mode", "encode_format", "quality", "min_size",
+                    "max_aspect_ratio", "max_pixels", "dedup", "samples_per_shard", "one_caption_per_txt", "disallow_optout",
                     "respect_robots")
 
     def __post_init__(self):
@@ -91,8 +96,11 @@ class ConvertOptions:
             self.caption_col = [self.caption_col]
 
     def extra_caption_sources(self) -> Dict[str, str]:
-        """Member extension -> column of every caption column after the first (validate() checks them)."""
-        return {caption_source_name(column): column for column in self.caption_col[1:]}
+        """Member extension -> column of every member beyond KEY.txt read from a column: each caption column after
+        the first (validate() checks them) and --neg-caption-col's KEY.neg.txt. They are cleaned, written and kept in
+        the parquet alike; only the manifest (caption_sources vs hard_negatives) and the loader tell them apart."""
+        negatives = {HARD_NEGATIVES: self.neg_caption_col} if self.neg_caption_col else {}
+        return {**{caption_source_name(column): column for column in self.caption_col[1:]}, **negatives}
 
     def content(self) -> dict:
         """The options that decide the output: written to the plan and the manifest's created_by.config."""
@@ -143,6 +151,15 @@ class ConvertOptions:
                 raise ConvertError(f"--keep-cols {parquet_caption_column(name)!r} collides with the parquet column "
                                    f"of --caption-col {column!r}; keep it under another name")
             names[name] = column
+        if HARD_NEGATIVES in names:
+            raise ConvertError(f"--caption-col {names[HARD_NEGATIVES]!r} would be written as KEY.{HARD_NEGATIVES}, the "
+                               "hard negatives' member; rename the column (hard negatives: --neg-caption-col)")
+        if self.neg_caption_col is not None and self.neg_caption_col in self.caption_col:
+            raise ConvertError(f"--neg-caption-col {self.neg_caption_col!r} is also a --caption-col: a column of "
+                               "captions cannot be their negatives too; give the column of negative captions")
+        if self.neg_caption_col is not None and parquet_caption_column(HARD_NEGATIVES) in self.keep_cols:
+            raise ConvertError(f"--keep-cols {parquet_caption_column(HARD_NEGATIVES)!r} collides with the parquet "
+                               "column of --neg-caption-col; keep it under another name")
 
 
 def parquet_caption_column(source: str) -> str:

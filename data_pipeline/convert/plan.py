@@ -54,7 +54,7 @@ def make_plan(items: List[Item], options: ConvertOptions) -> dict:
 def in_current_terms(options: dict) -> dict:
     """An older plan's options as today's: the options it predates at their old behaviour, and the one
     --caption-col it held (a string or null) as the list it is now."""
-    current = {**BEFORE_THE_OPTION, **options}
+    current = {**BEFORE_THE_OPTION, "neg_caption_col": None, **options}
     column = current.get("caption_col")
     if not isinstance(column, list):
         current["caption_col"] = [] if column is None else [column]

@@ -10,6 +10,8 @@ and named by shard URL and byte offset in the batch's "failed_reads".
 
 With captions_per_sample K the batch holds K captions per image, image-major: rows i*K .. i*K+K-1 of
 "tokens" (and of "text_vectors", when a store of locked-tower embeddings is given) are image i's.
+With hard_negatives K > 0 "neg_tokens" [b, K, L] holds each image's K hard-negative captions
+(data_pipeline/stream/hard_negatives.py).
 """
 import hashlib
 import os
@@ -21,9 +23,9 @@ import torch
 
 from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.embeddings import VectorCache
-from clipforge.data_pipeline.shards import IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, all_captions, index_tar, \
-    sample_meta
-from clipforge.data_pipeline.stream import hashing
+from clipforge.data_pipeline.shards import HARD_NEGATIVES, IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, \
+    all_captions, index_tar, sample_meta
+from clipforge.data_pipeline.stream import hard_negatives, hashing
 from clipforge.data_pipeline.stream.caption_sources import CaptionWeights
 from clipforge.data_pipeline.stream.decode import DecodeError, train_image
 from clipforge.data_pipeline.stream.plan import BatchRequest
@@ -113,11 +115,12 @@ class BatchDataset(torch.utils.data.Dataset):
                  source_roots: Optional[List[str]] = None, captions_per_sample: int = 1,
                  vector_paths: Optional[List[List[str]]] = None, vector_dim: int = 0,
                  json_caption_sources: Sequence[int] = (), crop_scale=(0.9, 1.0), hflip: bool = False,
-                 caption_weights: CaptionWeights = CaptionWeights.of(None)):
+                 caption_weights: CaptionWeights = CaptionWeights.of(None), hard_negatives: int = 0):
         """vector_paths: per source, per shard, the stored-embeddings file (data_pipeline.embeddings) whose
         vectors replace the captions' tokens; None = tokenise the captions. json_caption_sources: sources
         converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them).
-        caption_weights: which caption source each visit reads (data_pipeline/stream/caption_sources.py)."""
+        caption_weights: which caption source each visit reads (data_pipeline/stream/caption_sources.py).
+        hard_negatives: K lines of KEY.neg.txt per sample (0 = none read)."""
         self.json_caption_sources = set(json_caption_sources)
         self.caption_weights = caption_weights
         self.shard_paths, self.seed, self.image_size = shard_paths, seed, image_size
@@ -125,6 +128,7 @@ class BatchDataset(torch.utils.data.Dataset):
         self.cache = ShardCache(cache_shards)
         self.source_roots = source_roots or ["" for _ in shard_paths]
         self.captions_per_sample = captions_per_sample
+        self.hard_negatives = hard_negatives
         self.crop_scale, self.hflip = tuple(crop_scale), hflip
         self.vector_paths, self.vector_dim = vector_paths, vector_dim  # dim: an all-bad batch is still [0, D]
         self.vectors = VectorCache()
@@ -143,32 +147,37 @@ class BatchDataset(torch.utils.data.Dataset):
         return lines, PRIMARY_CAPTIONS
 
     def load(self, position: int, source: int, shard: int, index: int, wanted: str = PRIMARY_CAPTIONS):
-        """(key, [(caption index, caption)] * K, uint8 [3,S,S], caption source read) of one sample, or
-        (None, reason, failed_at, None): failed_at "URL@BYTE" names a remote read that failed after its
-        retries (None otherwise); `wanted`: the caption source this visit asks for."""
+        """(key, [(caption index, caption)] * K, uint8 [3,S,S], caption source read, KEY.neg.txt's lines or None)
+        of one sample, or (None, reason, failed_at, None, None): failed_at "URL@BYTE" names a remote read that
+        failed after its retries (None otherwise); `wanted`: the caption source this visit asks for."""
         path = self.shard_paths[source][shard]
         opened = self.cache.get(path)
         if isinstance(opened, Exception):
             failed = _failed_at(opened) if isinstance(opened, remote.RemoteReadError) else None
-            return None, UNREADABLE_SHARD, failed, None
+            return None, UNREADABLE_SHARD, failed, None, None
         handle, tar_index = opened
         if index >= len(tar_index.samples):
             if tar_index.read_error:  # the header scan stopped there: the rest of the shard is unread
-                return None, READ_ERROR, _failed_at(tar_index.read_error), None
-            return None, MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE, None, None
+                return None, READ_ERROR, _failed_at(tar_index.read_error), None, None
+            return None, MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE, None, None, None
         entry = tar_index.samples[index]
         ext = next((e for e in IMAGE_EXTS if e in entry.members), None)
         if ext is None:
-            return None, MISSING_IMAGE, None, None
+            return None, MISSING_IMAGE, None, None, None
         try:
             member = _sample_bytes(handle, entry)
         except remote.RemoteReadError as e:
-            return None, READ_ERROR, _failed_at(e), None
+            return None, READ_ERROR, _failed_at(e), None, None
         except OSError:
-            return None, READ_ERROR, None, None
+            return None, READ_ERROR, None, None, None
         captions, read_from = self._captions(member, entry, source, wanted)
         if not captions:
-            return None, MISSING_CAPTION, None, None
+            return None, MISSING_CAPTION, None, None, None
+        negatives = None
+        if self.hard_negatives:
+            negatives = _lines(member(HARD_NEGATIVES)) if HARD_NEGATIVES in entry.members else []
+            if not negatives:
+                return None, hard_negatives.MISSING_NEGATIVES, None, None, None
         image_bytes = member(ext)
         # Per-visit randomness keyed by the global position: same crop and caption whatever the
         # worker, rank or resume point; a new choice in every epoch (new position).
@@ -177,8 +186,8 @@ class BatchDataset(torch.utils.data.Dataset):
         try:
             image = train_image(image_bytes, ext, self.image_size, rng, self.crop_scale, self.hflip)
         except DecodeError:
-            return None, CORRUPT_IMAGE, None, None
-        return entry.key, chosen, image, read_from
+            return None, CORRUPT_IMAGE, None, None, None
+        return entry.key, chosen, image, read_from, negatives
 
     def _vectors(self, source: int, shard: int, key: str, chosen) -> Optional[List[np.ndarray]]:
         stored = self.vectors.get(self.vector_paths[source][shard])
@@ -189,10 +198,10 @@ class BatchDataset(torch.utils.data.Dataset):
         size = self.image_size
         images = np.empty((len(request.items), 3, size, size), dtype=np.uint8)
         keys, ids, captions, caption_index, vectors, skipped, fallbacks = [], [], [], [], [], Counter(), Counter()
-        failed_reads = Counter()
+        failed_reads, negatives, padded = Counter(), [], 0
         wanted = self.caption_weights.choose(self.seed, request.items[:, 0])
         for (position, source, shard, index), asked in zip(request.items.tolist(), wanted):
-            key, chosen_or_reason, image, read_from = self.load(position, source, shard, index, asked)
+            key, chosen_or_reason, image, read_from, lines = self.load(position, source, shard, index, asked)
             if key is None:
                 skipped[chosen_or_reason] += 1
                 if image is not None:  # a remote read that failed after its retries: "URL@BYTE"
@@ -211,6 +220,9 @@ class BatchDataset(torch.utils.data.Dataset):
             ids.append(sample_id(self.source_roots[source], key))
             captions.extend(caption for _, caption in chosen_or_reason)
             caption_index.append([c for c, _ in chosen_or_reason])
+            if lines is not None:
+                negatives.extend(hard_negatives.pick(lines, self.hard_negatives))
+                padded += len(lines) < self.hard_negatives
         out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
                "caption_fallbacks": dict(fallbacks), "failed_reads": dict(failed_reads),
                "sample_ids": torch.tensor(ids, dtype=torch.int64),
@@ -220,6 +232,10 @@ class BatchDataset(torch.utils.data.Dataset):
             out["text_vectors"] = torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, self.vector_dim)
         else:
             out["tokens"] = (self.tokenizer(captions) if captions else self._no_tokens()).long()
+        if self.hard_negatives:  # image-major like the captions: row i*K + j is image i's negative j
+            tokens = (self.tokenizer(negatives) if negatives else self._no_tokens()).long()
+            out["neg_tokens"] = tokens.view(len(keys), self.hard_negatives, tokens.shape[-1])
+            out["negatives_padded"] = padded
         return out
 
     def _no_tokens(self) -> torch.Tensor:

@@ -8,6 +8,8 @@
         batch["text_vectors"]     # instead of tokens, with text_store: float32 [b*K, D] stored tower outputs
         batch["sample_ids"]       # int64 [b]: equal for the same image seen twice (the loss's positives)
         batch["caption_index"]    # int64 [b, K]: which lines of KEY.txt (of the visit's caption source)
+        batch["neg_tokens"]       # data.hard_negatives H > 0: int64 [b, H, L], each image's KEY.neg.txt lines
+        loader.negatives_padded   # samples whose KEY.neg.txt had fewer than H lines (cycled)
         loader.counters, loader.caption_fallbacks   # skipped samples per reason; KEY.txt read instead of a source
         loader.failed_reads       # {"URL@BYTE": samples skipped}: remote reads that failed after their retries
         batch["keys"]             # list[str]
@@ -28,7 +30,7 @@ from clipforge.errors import UserError
 from clipforge.data_pipeline import embeddings
 from clipforge.data_pipeline.config import DataConfig, DataConfigError
 from clipforge.data_pipeline.shards import ShardError, open_shards, txt_holds_first_caption
-from clipforge.data_pipeline.stream import caption_sources
+from clipforge.data_pipeline.stream import caption_sources, hard_negatives
 from clipforge.data_pipeline.stream.dataset import BatchDataset
 from clipforge.data_pipeline.stream.plan import SamplePlan
 
@@ -67,6 +69,9 @@ class TrainLoader:
         # samples skipped for it (also in counters, as read_error / unreadable_shard). Kept in checkpoints.
         self.failed_reads: Dict[str, int] = {}
         self._weighted = data_cfg.caption_weights is not None
+        # Samples whose KEY.neg.txt held fewer than data.hard_negatives lines (cycled: hard_negatives.pick).
+        self.negatives_padded = 0
+        self._negatives = data_cfg.hard_negatives > 0
         self._sampler = _PlanSampler()
         workers = data_cfg.workers
         self._loader = torch.utils.data.DataLoader(
@@ -106,8 +111,10 @@ class TrainLoader:
                     print(f"clipforge loader: skipping samples of {where.rsplit('@', 1)[0]}: the read at byte "
                           f"{where.rsplit('@', 1)[1]} failed after its retries", file=sys.stderr)
                 self.failed_reads[where] = self.failed_reads.get(where, 0) + n
+            self.negatives_padded += out.get("negatives_padded", 0)
             self._state = out["request"].state_after
-            yield {k: v for k, v in out.items() if k not in ("skipped", "caption_fallbacks", "failed_reads", "request")}
+            yield {k: v for k, v in out.items()
+                   if k not in ("skipped", "caption_fallbacks", "failed_reads", "request", "negatives_padded")}
 
     def state_dict(self) -> Dict:
         state = {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
@@ -116,6 +123,8 @@ class TrainLoader:
                  "counters": dict(self.counters)}
         if self._weighted:
             state["caption_fallbacks"] = dict(self.caption_fallbacks)
+        if self._negatives:
+            state["negatives_padded"] = self.negatives_padded
         if self.failed_reads:  # absent when nothing failed: the states of local runs stay as they were
             state["failed_reads"] = dict(self.failed_reads)
         return state
@@ -134,6 +143,7 @@ class TrainLoader:
         self.counters = {str(k): int(v) for k, v in state.get("counters", {}).items()}
         self.caption_fallbacks = {str(k): int(v) for k, v in state.get("caption_fallbacks", {}).items()}
         self.failed_reads = {str(k): int(v) for k, v in state.get("failed_reads", {}).items()}
+        self.negatives_padded = int(state.get("negatives_padded", 0))
 
 
 def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
@@ -153,6 +163,7 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
             raise ShardError(f"data.sources: {source.path} holds 0 samples")
     caption_sources.check_known(data_cfg.caption_weights, [s.path for s in data_cfg.sources], shard_sets)
     caption_sources.check_text_store(data_cfg.caption_weights, text_store)
+    hard_negatives.check_sources(data_cfg.hard_negatives, [s.path for s in data_cfg.sources], shard_sets, text_store)
     sizes = [[s.samples for s in shard_set.shards] for shard_set in shard_sets]
     plan = SamplePlan(sizes, [s.weight for s in data_cfg.sources], mode=data_cfg.mode, seed=seed,
                       window=data_cfg.shuffle_window, global_batch_size=global_batch_size, drop_last=drop_last)
@@ -173,13 +184,16 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
                            captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths, vector_dim=vector_dim,
                            json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)],
                            crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip,
-                           caption_weights=caption_sources.CaptionWeights.of(data_cfg.caption_weights))
+                           caption_weights=caption_sources.CaptionWeights.of(data_cfg.caption_weights),
+                           hard_negatives=data_cfg.hard_negatives)
     identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
                 "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
                 "samples_per_source": [shard_set.num_samples for shard_set in shard_sets],
                 "weights": [float(s.weight) for s in data_cfg.sources]}
     if data_cfg.captions_per_sample > 1:  # absent at 1: states saved before the option existed still resume
         identity["captions_per_sample"] = data_cfg.captions_per_sample
+    if data_cfg.hard_negatives > 0:  # absent at 0, for the same reason
+        identity["hard_negatives"] = data_cfg.hard_negatives
     if data_cfg.caption_weights is not None:  # absent when unset, for the same reason
         identity["caption_weights"] = {name: float(w) for name, w in sorted(data_cfg.caption_weights.items())}
     loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size, identity=identity)

@@ -41,6 +41,9 @@ def _no_caption_columns(path: str, fmt: str, options: ConvertOptions) -> None:
     if len(options.caption_col) > 1:
         raise ConvertError(f"{path}: a {fmt} input has no caption columns for the further --caption-col "
                            f"{', '.join(options.caption_col[1:])}; extra caption sources need a table input")
+    if options.neg_caption_col:
+        raise ConvertError(f"{path}: a {fmt} input has no column {options.neg_caption_col!r} for --neg-caption-col; "
+                           "hard negatives need a table input")
 
 
 def read_one(path: str, fmt: str, options: ConvertOptions) -> Tuple[List[Item], str]:

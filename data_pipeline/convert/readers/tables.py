@@ -94,8 +94,10 @@ def read_table(path: str, fmt: str, options: ConvertOptions,
     image_col = _pick(columns, options.image_col, IMAGE_COLUMNS, "--image-col", path)
     given_caption = options.caption_col[0] if options.caption_col else None
     caption_col = _pick(columns, given_caption, CAPTION_COLUMNS, "--caption-col", path)
-    sources = options.extra_caption_sources()
-    for flag, wanted in (("--caption-col", list(sources.values())), ("--keep-cols", options.keep_cols)):
+    sources = options.extra_caption_sources()  # further caption sources and KEY.neg.txt: one list per member
+    for flag, wanted in (("--caption-col", options.caption_col[1:]),
+                         ("--neg-caption-col", [options.neg_caption_col] if options.neg_caption_col else []),
+                         ("--keep-cols", options.keep_cols)):
         missing = [column for column in wanted if column not in columns]
         if missing:
             raise ConvertError(f"{path}: no column {missing[0]!r} for {flag} (columns: {', '.join(columns)})")
