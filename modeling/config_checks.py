@@ -54,6 +54,21 @@ def _check_divergence(train) -> None:
                           "or null (skip the batches since the checkpoint)")
 
 
+def _check_hard_negatives(cfg) -> None:
+    """data.hard_negatives (NegCLIP) is implemented for the naive InfoNCE (global or local, several positives too)."""
+    k = cfg.data.hard_negatives
+    if k == 0:
+        return
+    if cfg.loss.kind != "infonce" or cfg.loss.impl != "naive":
+        raise ConfigError(f"data.hard_negatives={k} needs loss.kind=infonce loss.impl=naive (got {cfg.loss.kind}, "
+                          f"{cfg.loss.impl}); set those, or data.hard_negatives=0")
+    # modeling/model.py text_is_cacheable (torch-free here): a store holds KEY.txt's captions, not the negatives.
+    cached = cfg.model.hf_text_dir is not None and cfg.model.lock_text and cfg.model.lock_text_unlocked_layers == 0
+    if cached and cfg.model.text_cache:
+        raise ConfigError(f"data.hard_negatives={k} needs the live text tower, but model.text_cache stores KEY.txt's "
+                          "captions only; set model.text_cache=false, or data.hard_negatives=0")
+
+
 def validate(cfg) -> None:
     """cfg: a RunConfig. Choice keys, ranges and cross-field checks; every message names the key(s) and the fix."""
     try:
@@ -81,6 +96,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"data.captions_per_sample={cfg.data.captions_per_sample} needs the global naive loss "
                           "(its positives span ranks); set loss.local_loss=false loss.impl=naive, or "
                           "data.captions_per_sample=1")
+    _check_hard_negatives(cfg)
     if cfg.loss.tile_size < 1:
         raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
     lengths = [k for k in RUN_LENGTH_KEYS if getattr(cfg.train, k) is not None]

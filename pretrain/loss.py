@@ -34,6 +34,15 @@ With one caption per image and no repeated ids this is exactly the usual loss (t
 The global (local_loss=false) naive InfoNCE and SigLIP take ids; config validation refuses
 captions_per_sample > 1 with local or tiled InfoNCE.
 
+Hard negatives (NegCLIP; data.hard_negatives H): `negative_features` [b_r, H, d], this rank's images' own
+negative captions. Image i's image->text row gets H more columns, z_ih = s * <I_i, N_ih> + b, scored against
+image i ONLY (never against other images: no row of another image holds them, and no text->image row exists
+for them); the text->image term is unchanged:
+    l_i2t(i) = -log(e^z_ii / (sum_j e^z_ij + sum_h e^z_ih)).
+The H logits of a row are computed on the rank that holds the image (and its negatives), then gathered with
+the features' gather (with grad), so only [b_r, H] numbers travel, not [b_r, H, d]. Global and local naive
+InfoNCE and the several-positives path take them; tiled and SigLIP are refused (config validation).
+
 Gradient accumulation that keeps all negatives: see `splice_micro_batch` and `per_micro_batch`.
 """
 from typing import Optional, Sequence
@@ -66,13 +75,15 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
                 logit_bias: Optional[Tensor] = None, image_ids: Optional[Tensor] = None,
-                text_ids: Optional[Tensor] = None) -> Tensor:
+                text_ids: Optional[Tensor] = None, negative_features: Optional[Tensor] = None) -> Tensor:
         with_ids = image_ids is not None and text_ids is not None
         if image_features.shape[1:] != text_features.shape[1:] or (
                 not with_ids and image_features.shape != text_features.shape):
             raise ValueError(f"loss: image_features {tuple(image_features.shape)} and text_features "
                              f"{tuple(text_features.shape)} must have the same shape [b, d] (or pass "
                              "image_ids/text_ids for several captions per image)")
+        if negative_features is not None:
+            self._check_negatives(image_features, negative_features)
         actual = distributed.world_size()
         if actual != self.world_size:
             raise RuntimeError(f"loss was built for world_size={self.world_size} but torch.distributed has "
@@ -80,17 +91,29 @@ class ContrastiveLoss(nn.Module):
         sizes = distributed.gather_sizes(image_features.shape[0], image_features.device)
         if sum(sizes) == 0:
             raise ValueError("loss: the global batch is empty (every rank has 0 rows); skip this step")
-        image, text, scale, bias = (_at_least_fp32(t) for t in (image_features, text_features,
-                                                                logit_scale, logit_bias))
+        image, text, scale, bias, negatives = (_at_least_fp32(t) for t in (
+            image_features, text_features, logit_scale, logit_bias, negative_features))
         scale = _cap(scale, self.cfg.max_logit_scale)
         positive = self._positives(image_ids, text_ids, sizes) if with_ids else None
         # bf16 logits at scale 100 would be off by ~0.4: the loss runs in fp32 even under autocast.
         with torch.autocast(image.device.type, enabled=False):
+            negative = None  # [b_r, H]: each of this rank's images against its own hard negatives
+            if negatives is not None:
+                negative = scale * torch.einsum("bd,bhd->bh", image, negatives)
+                negative = negative + bias if bias is not None else negative
             if positive is not None:
-                return self._multi_positive(image, text, scale, bias, sizes, positive)
+                return self._multi_positive(image, text, scale, bias, sizes, positive, negative)
             if self.cfg.kind == "siglip":
                 return self._siglip(image, text, scale, bias, sizes)
-            return self._infonce(image, text, scale, bias, sizes)
+            return self._infonce(image, text, scale, bias, sizes, negative)
+
+    def _check_negatives(self, image: Tensor, negatives: Tensor) -> None:
+        if negatives.dim() != 3 or negatives.shape[0] != image.shape[0] or negatives.shape[2:] != image.shape[1:]:
+            raise ValueError(f"loss: negative_features {tuple(negatives.shape)} must be [b, H, d] for image_features "
+                             f"{tuple(image.shape)}")
+        if self.cfg.kind != "infonce" or self.cfg.impl != "naive":
+            raise ValueError(f"loss: hard negatives need loss.kind=infonce loss.impl=naive (got {self.cfg.kind}, "
+                             f"{self.cfg.impl})")
 
     def _positives(self, image_ids: Tensor, text_ids: Tensor, sizes: Sequence[int]) -> Optional[Tensor]:
         """bool [N, M] of the global batch (SigLIP: [b_r, M]), or None when every image has exactly its
@@ -105,7 +128,7 @@ class ContrastiveLoss(nn.Module):
         return all_image[:, None] == all_text[None, :]
 
     def _multi_positive(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
-                        sizes: Sequence[int], positive: Tensor) -> Tensor:
+                        sizes: Sequence[int], positive: Tensor, negative: Optional[Tensor] = None) -> Tensor:
         text_sizes = distributed.gather_sizes(text.shape[0], text.device)
         all_text = self._gather(text, text_sizes)
         if self.cfg.kind == "siglip":
@@ -115,11 +138,15 @@ class ContrastiveLoss(nn.Module):
         logits = scale * self._gather(image, sizes) @ all_text.T
         if bias is not None:
             logits = logits + bias
-        return (multi_positive_cross_entropy(logits, positive)
+        image_rows, image_positive = logits, positive
+        if negative is not None:  # hard negatives: H more columns of each image's row, never a positive
+            image_rows = torch.cat([logits, self._gather(negative, sizes)], dim=1)
+            image_positive = F.pad(positive, (0, negative.shape[1]), value=False)
+        return (multi_positive_cross_entropy(image_rows, image_positive)
                 + multi_positive_cross_entropy(logits.T, positive.T)) / 2
 
     def _infonce(self, image: Tensor, text: Tensor, scale: Tensor, bias: Optional[Tensor],
-                 sizes: Sequence[int]) -> Tensor:
+                 sizes: Sequence[int], negative: Optional[Tensor] = None) -> Tensor:
         total, tile = sum(sizes), self.cfg.tile_size
         all_image, all_text = self._gather(image, sizes), self._gather(text, sizes)
         if not self.cfg.local_loss or self.world_size == 1:
@@ -129,7 +156,8 @@ class ContrastiveLoss(nn.Module):
             if bias is not None:
                 logits = logits + bias
             labels = torch.arange(total, device=image.device)
-            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            image_rows = logits if negative is None else torch.cat([logits, self._gather(negative, sizes)], dim=1)
+            return (F.cross_entropy(image_rows, labels) + F.cross_entropy(logits.T, labels)) / 2
         offset = sum(sizes[: self.rank])
         if self.cfg.impl == "tiled":
             row_sum = tiled_infonce_local_sum(image, text, all_image, all_text, scale, bias, tile, offset)
@@ -139,6 +167,8 @@ class ContrastiveLoss(nn.Module):
             logits_text = scale * text @ all_image.T
             if bias is not None:
                 logits_image, logits_text = logits_image + bias, logits_text + bias
+            if negative is not None:  # this rank's rows: their own negatives are here, nothing to gather
+                logits_image = torch.cat([logits_image, negative], dim=1)
             # Sums, not means: a rank whose batch lost every sample contributes 0, not NaN.
             row_sum = (F.cross_entropy(logits_image, labels, reduction="sum")
                        + F.cross_entropy(logits_text, labels, reduction="sum"))

@@ -6,6 +6,7 @@ loader still checks every shard when it opens the dataset, but a mistyped path m
 DeepSpeed start-up (and, under slurm, a queue wait) to be found.
 """
 import importlib.util
+import json
 import os
 from typing import List, Optional, Sequence
 
@@ -41,6 +42,22 @@ def check_dataset(key: str, spec: str) -> None:
             raise ConfigError(f"{key}={spec!r}: shard {path} not found")
 
 
+def check_hard_negatives(key: str, spec: str, k: int) -> None:
+    """data.hard_negatives reads KEY.neg.txt: a local dataset folder whose manifest names none is refused here
+    (the loader checks remote ones, and tars without a manifest sample by sample: missing_hard_negatives)."""
+    manifest = os.path.join(spec, "manifest.json")
+    if k == 0 or _is_remote(spec) or not os.path.isfile(manifest):
+        return
+    try:
+        with open(manifest, encoding="utf-8") as handle:
+            listed = json.load(handle).get("hard_negatives")
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable manifest is the loader's to name, with its reason
+    if listed is None:
+        raise ConfigError(f"data.hard_negatives={k}: {key}={spec!r} has no hard negatives (its manifest names no "
+                          "KEY.neg.txt); convert it with --neg-caption-col COLUMN, or set data.hard_negatives=0")
+
+
 def open_clip_model_names() -> Optional[List[str]]:
     """open_clip's built-in model names, read from its model_configs/ folder without importing it
     (an import pulls in torch); None when open_clip is not installed here (a bare login node)."""
@@ -73,6 +90,7 @@ def preflight(cfg: RunConfig) -> None:
     ConfigError (one line) at the first problem."""
     for i, source in enumerate(cfg.data.sources):
         check_dataset(f"data.sources[{i}].path", source.path)
+        check_hard_negatives(f"data.sources[{i}].path", source.path, cfg.data.hard_negatives)
     if cfg.data.val_path:
         check_dataset("data.val_path", cfg.data.val_path)
     check_model(cfg.model.name)   # model.hf_text_dir is checked by modeling.config_checks.validate

@@ -45,49 +45,67 @@ def _set_rng_state(device: torch.device, state) -> None:
 class TextInput:
     """The text side of a batch: tokens int64 [b*K, L], or a locked tower's stored outputs
     (`vectors`, float [b*K, d]); K captions per image, image-major; ids [b*K] the owner image of each
-    row and image_ids [b] (None: one caption per image, all distinct -- the plain loss)."""
+    row and image_ids [b] (None: one caption per image, all distinct -- the plain loss); negatives
+    int64 [b, H, L]: each image's hard-negative captions (data.hard_negatives), None = off."""
     rows: torch.Tensor
     vectors: bool = False
     image_ids: Optional[torch.Tensor] = None
     ids: Optional[torch.Tensor] = None
+    negatives: Optional[torch.Tensor] = None
 
-    def forward(self, engine, images, rows):
-        return engine(images, text_vectors=rows) if self.vectors else engine(images, rows)
+    def forward(self, engine, images, rows, negatives=None):
+        """-> (image [b, d], text [t, d], scale, bias, negative features [b, H, d] or None)."""
+        if negatives is None:
+            return (*(engine(images, text_vectors=rows) if self.vectors else engine(images, rows)), None)
+        # One text forward: the negatives ride along as b*H more caption rows, split off after it.
+        img, txt, scale, bias = engine(images, torch.cat([rows, negatives.flatten(0, 1)]))
+        return img, txt[:rows.shape[0]], scale, bias, txt[rows.shape[0]:].view(*negatives.shape[:2], txt.shape[1])
 
     def split(self, image_chunks):
-        """Row chunks aligned with the image micro-batches (K rows per image)."""
+        """(row chunks, negatives chunks or Nones) aligned with the image micro-batches (K rows per image)."""
         per_image = self.rows.shape[0] // max(1, sum(c.shape[0] for c in image_chunks))
-        return self.rows.split([c.shape[0] * per_image for c in image_chunks])
+        rows = self.rows.split([c.shape[0] * per_image for c in image_chunks])
+        if self.negatives is None:
+            return rows, [None] * len(rows)
+        return rows, self.negatives.split([c.shape[0] for c in image_chunks])
+
+
+def _negatives(features: Optional[torch.Tensor]) -> dict:
+    """The loss's hard-negative keyword, passed only when there are some (the plain call is unchanged)."""
+    return {} if features is None else {"negative_features": features}
 
 
 def _forward_backward(engine, loss_fn, images, text: TextInput, accum: int):
     """-> (full-batch loss (detached), whether backward ran, logit scale)."""
     ids = {} if text.ids is None else {"image_ids": text.image_ids, "text_ids": text.ids}
     if accum == 1:
-        img, txt, scale, bias = text.forward(engine, images, text.rows)
-        loss = loss_fn(img, txt, scale, bias, **ids)
+        img, txt, scale, bias, neg = text.forward(engine, images, text.rows, text.negatives)
+        loss = loss_fn(img, txt, scale, bias, **ids, **_negatives(neg))
         if not all_finite(loss.detach()):
             return loss.detach(), False, scale.item()
         engine.backward(loss, scale_wrt_gas=False)
         return loss.detach(), True, scale.item()
     image_chunks = images.tensor_split(accum)
-    text_chunks = text.split(image_chunks)
-    states, img_cache, txt_cache = [], [], []
+    text_chunks, neg_chunks = text.split(image_chunks)
+    states, img_cache, txt_cache, neg_cache = [], [], [], []
     with torch.no_grad():
-        for image_chunk, text_chunk in zip(image_chunks, text_chunks):
+        for image_chunk, text_chunk, neg_chunk in zip(image_chunks, text_chunks, neg_chunks):
             states.append(_rng_state(engine.device))
-            img, txt, scale, bias = text.forward(engine, image_chunk, text_chunk)
+            img, txt, scale, bias, neg = text.forward(engine, image_chunk, text_chunk, neg_chunk)
             img_cache.append(img)
             txt_cache.append(txt)
+            neg_cache.append(neg)
         after = _rng_state(engine.device)
-        loss_value = loss_fn(torch.cat(img_cache), torch.cat(txt_cache), scale, bias, **ids)
+        negatives = None if text.negatives is None else torch.cat(neg_cache)
+        loss_value = loss_fn(torch.cat(img_cache), torch.cat(txt_cache), scale, bias, **ids, **_negatives(negatives))
     if not all_finite(loss_value):
         return loss_value, False, scale.item()
     for j in range(accum):
         _set_rng_state(engine.device, states[j])
-        img, txt, scale, bias = text.forward(engine, image_chunks[j], text_chunks[j])
+        img, txt, scale, bias, neg = text.forward(engine, image_chunks[j], text_chunks[j], neg_chunks[j])
+        negatives = None if neg is None else splice_micro_batch(neg_cache, neg, j)
         loss = loss_fn(splice_micro_batch(img_cache, img, j), splice_micro_batch(txt_cache, txt, j),
-                       per_micro_batch(scale, accum), per_micro_batch(bias, accum), **ids)
+                       per_micro_batch(scale, accum), per_micro_batch(bias, accum), **ids, **_negatives(negatives))
         engine.backward(loss, scale_wrt_gas=False)
         if j < accum - 1:
             engine.step()  # not a boundary: DeepSpeed only advances its micro-step counter

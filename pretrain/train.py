@@ -40,15 +40,17 @@ class Trainer:
 
 def text_input(batch: dict, dtype: torch.dtype, device) -> TextInput:
     """The batch's text side on the device: stored vectors (cast like the images) or tokens, with the
-    sample ids whenever they can repeat (several captions per image, or an image drawn twice)."""
+    sample ids whenever they can repeat (several captions per image, or an image drawn twice), and the hard
+    negatives' tokens when the loader reads them (data.hard_negatives)."""
     vectors = "text_vectors" in batch
     rows = batch["text_vectors"].to(device, dtype) if vectors else batch["tokens"].to(device, non_blocking=True)
+    negatives = batch["neg_tokens"].to(device, non_blocking=True) if "neg_tokens" in batch else None
     ids = batch.get("sample_ids")
     if ids is None:
-        return TextInput(rows, vectors)
+        return TextInput(rows, vectors, negatives=negatives)
     per_image = rows.shape[0] // max(1, ids.shape[0])
     ids = ids.to(device)
-    return TextInput(rows, vectors, image_ids=ids, ids=ids.repeat_interleave(per_image))
+    return TextInput(rows, vectors, image_ids=ids, ids=ids.repeat_interleave(per_image), negatives=negatives)
 
 
 def _agree(flags, device) -> list:
