@@ -24,7 +24,15 @@ $(PEERS)/.stamp-test: | $(STAMP)
 		scikit-learn==1.6.1 scipy==1.15.3 joblib==1.4.2 threadpoolctl==3.5.0
 	$(PY) -m pip install -q --no-deps --target $(PEERS)/wds0286 webdataset==0.2.86 pandas==3.1.1
 	touch $@
-$(PEERS)/.stamp-bench: | $(PEERS)/.stamp-test
+# MosaicML Streaming, the loader benchmark's second peer: --no-deps + the 6 packages its import needs (20 MB;
+# its torch, numpy, PIL, tqdm come from .venv: its numpy<2.2 pin is not met, and MDS works with .venv's 2.4;
+# its cloud SDKs and transformers pin are for remote stores and text datasets, which the bench does not use).
+# Its own stamp, order-only below: a checkout whose .stamp-bench predates it still gets it.
+$(PEERS)/streaming/.stamp: | $(STAMP)
+	$(PY) -m pip install -q --no-deps --target $(PEERS)/streaming mosaicml-streaming==0.13.0 Brotli==1.2.1 \
+		python-snappy==0.7.3 cramjam==2.14.0 zstd==1.5.7.2 xxhash==3.8.2 catalogue==2.0.10
+	touch $@
+$(PEERS)/.stamp-bench: | $(PEERS)/.stamp-test $(PEERS)/streaming/.stamp
 	test -x $(PEERS)/img2dataset/bin/python || $(PYTHON) -m venv $(PEERS)/img2dataset
 	$(PEERS)/img2dataset/bin/pip install -q img2dataset==1.47.0
 	touch $@
