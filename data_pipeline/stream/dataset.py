@@ -25,7 +25,8 @@ from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.embeddings import VectorCache
 from clipforge.data_pipeline.shards import HARD_NEGATIVES, IMAGE_EXTS, PRIMARY_CAPTIONS, ShardError, TarIndex, \
     all_captions, index_tar, sample_meta
-from clipforge.data_pipeline.stream import hard_negatives, hashing
+from clipforge.data_pipeline.stream import hashing
+from clipforge.data_pipeline.stream.hard_negatives import MISSING_NEGATIVES, pick as pick_negatives
 from clipforge.data_pipeline.stream.caption_sources import CaptionWeights
 from clipforge.data_pipeline.stream.decode import DecodeError, train_image
 from clipforge.data_pipeline.stream.plan import BatchRequest
@@ -177,7 +178,7 @@ class BatchDataset(torch.utils.data.Dataset):
         if self.hard_negatives:
             negatives = _lines(member(HARD_NEGATIVES)) if HARD_NEGATIVES in entry.members else []
             if not negatives:
-                return None, hard_negatives.MISSING_NEGATIVES, None, None, None
+                return None, MISSING_NEGATIVES, None, None, None
         image_bytes = member(ext)
         # Per-visit randomness keyed by the global position: same crop and caption whatever the
         # worker, rank or resume point; a new choice in every epoch (new position).
@@ -221,7 +222,7 @@ class BatchDataset(torch.utils.data.Dataset):
             captions.extend(caption for _, caption in chosen_or_reason)
             caption_index.append([c for c, _ in chosen_or_reason])
             if lines is not None:
-                negatives.extend(hard_negatives.pick(lines, self.hard_negatives))
+                negatives.extend(pick_negatives(lines, self.hard_negatives))
                 padded += len(lines) < self.hard_negatives
         out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
                "caption_fallbacks": dict(fallbacks), "failed_reads": dict(failed_reads),
