@@ -163,12 +163,14 @@ def run(quick: bool) -> list:
     streaming = (STREAMING_PATH / "streaming").is_dir()
     epochs = 3 if quick else 8  # 300 samples per epoch; the first is warm-up
     rounds = 1 if quick else 2  # alternate the loaders, keep each one's best: less noise from other jobs
+    load = os.getloadavg()[0]  # before the bench adds its own: how busy the machine was
     runs = _measure_all(epochs, rounds, streaming)
     best = {k: max(v, key=lambda r: r["per_cpu_s"]) for k, v in runs.items() if v}
     ours, peer, http = best["clipforge"], best["peer"], best["http"]
     metric = "samples/s per core (CPU-second)"
     what = (f"256-px Flickr8k JPEGs -> 224 train crops + {MODEL} tokens, batch {BATCH}, 1 worker, "
-            f"{ours['samples']} samples measured after a warm-up epoch, best of {rounds}")
+            f"{ours['samples']} samples measured after a warm-up epoch, best of {rounds}, load average "
+            f"{load:.1f} on {os.cpu_count()} CPUs at the start")
     rows = [result("loader", "open_clip get_wds_dataset (webdataset 0.2.86)", metric,
                    round(ours["per_cpu_s"], 1), round(peer["per_cpu_s"], 1),
                    notes=f"{what}; wall samples/s (1 worker): clipforge {ours['per_wall_s']:.0f}, open_clip "
