@@ -140,6 +140,10 @@ class CheckpointConfig:
     # None: start fresh (or auto-resume "latest" if the run dir has one); "latest" or a path.
     resume: Optional[str] = None
     export_at_end: bool = True
+    # ZeRO >= 1: each checkpoint also holds the consolidated weights, Adam moments and EMA, so it resumes on
+    # another number of ranks (a requeued job with fewer nodes; pretrain/elastic.py). Costs a gather and a
+    # file of 3x the fp32 weights per checkpoint.
+    elastic: bool = True
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Checkpoints: every N steps and every M minutes, on SIGTERM/SIGUSR1, atomic, last K kept.
 
     RUN/checkpoints/step00000120/     DeepSpeed files + trainer_state.json + rng/rank<r>.json
+                                      (+ consolidated.pt at ZeRO >= 1: resumes on another world size)
     RUN/checkpoints/latest            "step00000120" (written last, atomically)
 
 Atomic: every rank saves into `.tmp-stepN`; once all ranks' files exist rank 0 writes trainer_state.json and
@@ -31,7 +32,9 @@ import torch.distributed as dist
 
 from clipforge.atomic import fsync_folder, fsync_tree, write_atomic
 from clipforge.errors import UserError, UserFileNotFound
+from clipforge.pretrain import elastic
 from clipforge.pretrain.checkpoint_integrity import newest_intact, problem, write_checksums
+from clipforge.pretrain.rundir import CONSOLIDATED, saved_world_size
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint written after SIGTERM/SIGUSR1; requeue and resume
 EXIT_NONFINITE = 3  # too many consecutive non-finite steps; resume from the named checkpoint with a lower lr
@@ -108,6 +111,11 @@ class CheckpointManager:
         self.last_tag: Optional[str] = None
         # name -> this rank's state (e.g. the model EMA's fragments), saved as <tag>/<name>/rank<r>.pt
         self.per_rank: Dict[str, Callable[[], dict]] = {}
+        # () -> the run's consolidated state on rank 0 (None elsewhere; every rank calls it: collectives),
+        # saved as <tag>/consolidated.pt (pretrain/elastic.py); None: not written (ZeRO-0, checkpoint.elastic off)
+        self.consolidate: Optional[Callable[[], Optional[dict]]] = None
+        # the consolidated state the last load() read, when it resumed on another world size; else None
+        self.resized_from: Optional[dict] = None
 
     def due(self, step: int) -> bool:
         """Rank 0's clock decides (ranks' clocks differ; the caller all-reduces this flag)."""
@@ -147,9 +155,10 @@ class CheckpointManager:
             raise CheckpointDamaged(f"checkpoint.resume={path}: {bad}; give an intact checkpoint "
                                     f"(an older RUN/checkpoints/stepN) or latest")
 
-    def _write_own_files(self, engine, tmp_tag: str) -> Optional[str]:
-        """This rank's share of the checkpoint; -> its write error, if any. torch.save reports a full disk as
-        a RuntimeError ("PytorchStreamWriter failed writing file"), plain writes as OSError."""
+    def _write_own_files(self, engine, tmp_tag: str, consolidated: Optional[dict]) -> Optional[str]:
+        """This rank's share of the checkpoint (rank 0: also the consolidated state); -> its write error, if
+        any. torch.save reports a full disk as a RuntimeError ("PytorchStreamWriter failed writing file"),
+        plain writes as OSError."""
         try:
             engine.save_checkpoint(self.dir, tag=tmp_tag, save_latest=False)
         except (OSError, RuntimeError) as err:
@@ -162,6 +171,8 @@ class CheckpointManager:
             for name, state in self.per_rank.items():
                 os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
                 torch.save(state(), os.path.join(tmp_dir, name, f"rank{self.rank}.pt"))
+            if consolidated is not None:
+                torch.save(consolidated, os.path.join(tmp_dir, CONSOLIDATED))
         except (OSError, RuntimeError) as err:
             return f"rank {self.rank}: {err}"
         return None
@@ -201,7 +212,9 @@ class CheckpointManager:
         tag = tag_for(trainer_state["step"])
         tmp_tag = f".tmp-{tag}"
         tmp_dir = os.path.join(self.dir, tmp_tag)
-        self._abort_if_failed(_gather_errors(self._write_own_files(engine, tmp_tag)), tmp_dir, tag)
+        # Gathered before any file is written: a rank whose write fails must not skip a collective.
+        consolidated = self.consolidate() if self.consolidate is not None else None
+        self._abort_if_failed(_gather_errors(self._write_own_files(engine, tmp_tag, consolidated)), tmp_dir, tag)
         error = self._commit(tmp_dir, tag, trainer_state) if self.rank == 0 else None
         self._abort_if_failed(_gather_errors(error), tmp_dir, tag)
         self.last_save, self.last_tag = time.monotonic(), tag
@@ -213,17 +226,26 @@ class CheckpointManager:
             shutil.rmtree(os.path.join(self.dir, old), ignore_errors=True)
 
     def load(self, engine, path: str) -> dict:
-        """Restores model + optimizer into the engine, this rank's RNG; returns trainer_state."""
+        """Restores model + optimizer into the engine, this rank's RNG; returns trainer_state. A checkpoint of
+        another world size loads from its consolidated state (self.resized_from)."""
         path = os.path.abspath(path.rstrip("/"))
         state_file = os.path.join(path, "trainer_state.json")
         if not os.path.isfile(state_file):
             raise UserFileNotFound(f"{path}: not a clipforge checkpoint (no trainer_state.json); "
                                     f"give a folder under RUN/checkpoints/ or --resume latest")
         load_dir, tag = os.path.dirname(path), os.path.basename(path)
-        loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
-                                           load_lr_scheduler_states=False)
-        if loaded is None:
-            raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint (see the log above)")
+        saved_world = saved_world_size(path)
+        self.resized_from = None
+        if saved_world not in (None, dist.get_world_size()) and os.path.isfile(os.path.join(path, CONSOLIDATED)):
+            self.resized_from = elastic.load(engine, path)
+            if self.rank == 0:
+                print(f"{path}: saved by {saved_world} rank(s), resumed on {dist.get_world_size()} from its "
+                      f"consolidated state", file=sys.stderr)
+        else:
+            loaded, _ = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=True,
+                                               load_lr_scheduler_states=False)
+            if loaded is None:
+                raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint (see the log above)")
         with open(state_file) as f:
             trainer_state = json.load(f)
         rng_file = os.path.join(path, "rng", f"rank{self.rank}.json")
@@ -232,6 +254,19 @@ class CheckpointManager:
                 set_rng_state(json.load(f))
         self.last_tag = tag
         return trainer_state
+
+    def restore_ema(self, ema, path: str) -> bool:
+        """The model EMA saved with the checkpoint that load() just read from `path` -> `ema` (ModelEMA);
+        False when it was saved without one."""
+        if self.resized_from is not None:  # another world size: this rank's fragments come from the whole EMA
+            if self.resized_from["ema"] is None:
+                return False
+            ema.load_full_state(self.resized_from["ema"])
+            return True
+        saved = self.load_per_rank(path, "ema")
+        if saved is not None:
+            ema.load_state_dict(saved)
+        return saved is not None
 
     def load_per_rank(self, path: str, name: str) -> Optional[dict]:
         """This rank's saved `name` state of the checkpoint at `path` (None when it was saved without)."""

@@ -86,6 +86,31 @@ class ModelEMA:
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
+    def full_state(self) -> dict:
+        """The whole EMA, parameter by parameter (every rank calls it: gathers), for a checkpoint that resumes
+        on another world size (pretrain/elastic.py), where this rank's fragments no longer fit."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        with self.swapped_in():
+            shadow = {name: safe_get_full_fp32_param(p).detach().float().cpu().clone()
+                      for name, p in self.engine.module.named_parameters() if p.requires_grad}
+        return {"decay": self.decay, "updates": self.updates, "shadow": shadow}
+
+    def load_full_state(self, state: dict) -> None:
+        """full_state()'s output, saved on any world size: the masters briefly hold it, so each rank keeps its
+        own fragments of it as the shadow (the layout of this world size), then get their values back."""
+        from clipforge.pretrain.elastic import set_full
+
+        own = [(view, view.detach().clone()) for _, view in self._views()]
+        with torch.no_grad():
+            for name, param in self.engine.module.named_parameters():
+                if param.requires_grad:
+                    set_full(param, state["shadow"][name].to(param.device))
+            self.shadow = {name: view.detach().float().clone() for name, view in self._views()}
+            for view, value in own:
+                view.copy_(value)
+        self.updates = int(state["updates"])
+
     def load_state_dict(self, state: dict) -> None:
         if set(state["shadow"]) != set(self.shadow) or any(
                 state["shadow"][k].shape != v.shape for k, v in self.shadow.items()):

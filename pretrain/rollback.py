@@ -67,9 +67,8 @@ def _stop(t, state: dict, reason: str, path: Optional[str]) -> int:
 
 
 def _reload_ema(t, path: str) -> None:
-    saved = t.checkpoints.load_per_rank(path, "ema") if t.ema is not None else None
-    if saved is not None:
-        t.ema.load_state_dict(saved)
+    if t.ema is not None:
+        t.checkpoints.restore_ema(t.ema, path)
 
 
 def roll_back(t, feed, state: dict, reason: Optional[str]) -> Optional[int]:

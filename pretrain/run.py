@@ -23,6 +23,7 @@ from clipforge.pretrain.checkpoint import (EXIT_SAVE_FAILED, CheckpointDamaged, 
 from clipforge.modeling.config import RunConfig, check_batch_split, save_config
 from clipforge.pretrain.distributed import init_distributed
 from clipforge.pretrain.engine import build_engine
+from clipforge.pretrain.elastic import gather as gather_consolidated
 from clipforge.pretrain.ema import EMAEvalCopy, ModelEMA
 from clipforge.pretrain.export import export_model, frozen_fp32
 from clipforge.pretrain.feed import DataFeed
@@ -146,15 +147,15 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     ema = ModelEMA(engine, cfg.model.ema_decay) if cfg.model.ema_decay is not None else None
     if ema is not None:
         checkpoints.per_rank["ema"] = ema.state_dict
+    if cfg.deepspeed.zero_stage >= 1 and cfg.checkpoint.elastic:  # resumable on another world size
+        checkpoints.consolidate = lambda: gather_consolidated(engine, ema.full_state if ema is not None else None)
     path = _resume_path(cfg, checkpoints)
     if path is not None:
         saved = checkpoints.load(engine, path)
         data_state = saved.pop("data", None)
         state.update({k: saved.get(k, v) for k, v in state.items()})  # a key absent before it was counted
-        saved_ema = checkpoints.load_per_rank(path, "ema") if ema is not None else None
-        if saved_ema is not None:
-            ema.load_state_dict(saved_ema)
-        elif ema is not None and state["step"] > 0:  # EMA switched on mid-run: it starts from these weights
+        if ema is not None and not checkpoints.restore_ema(ema, path) and state["step"] > 0:
+            # EMA switched on mid-run: it starts from these weights
             ema = ModelEMA(engine, cfg.model.ema_decay)
             checkpoints.per_rank["ema"] = ema.state_dict
         if rank == 0:

@@ -3,8 +3,8 @@
 Torch-free: `clipforge launch` decides before torchrun / sbatch (it knows the world size: nproc x
 nodes), `clipforge pretrain` again before DeepSpeed is imported. A checkpoint resumes only into the
 run that wrote it, so the new resolved config is compared with the run's saved config.yaml:
-- changes that break resume (model, loss, batch, data, seed, ZeRO stage, precision, world size
-  under ZeRO >= 1) are refused with one line naming them and what to do;
+- changes that break resume (model, loss, batch, data, seed, ZeRO stage, precision; world size under
+  ZeRO >= 1 when the checkpoint has no consolidated state) are refused with one line naming them and what to do;
 - safe ones (run length, lr and schedule, eval / log / checkpoint cadence, loader workers) are
   allowed and listed, so the log says what changed;
 - a run already at (or past) its requested length does nothing ("already at step N").
@@ -32,6 +32,8 @@ SAFE_CHANGES = ("train.steps", "train.samples", "train.epochs", "train.log_every
 LAYER_DECAY_KEYS = ("optim.layer_decay", "optim.layer_decay_image", "optim.layer_decay_text")
 # DeepSpeed names one optimizer-state file per data-parallel rank (bf16_ prefix for its bf16 optimizer).
 _RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+# The run's consolidated state in a ZeRO >= 1 checkpoint: it resumes on any world size (pretrain/elastic.py).
+CONSOLIDATED = "consolidated.pt"
 
 
 @dataclass
@@ -126,7 +128,8 @@ def _regrouped(old: dict, new: dict) -> List[str]:
     return [k for k in LAYER_DECAY_KEYS if old.get(k) != new.get(k)]
 
 
-def _saved_world(path: str) -> Optional[int]:
+def saved_world_size(path: str) -> Optional[int]:
+    """The ranks that wrote the checkpoint at `path` (None: ZeRO-0, not partitioned)."""
     ranks = {int(m.group(1)) for name in os.listdir(path) for m in [_RANK_FILE.search(name)] if m}
     return len(ranks) or None
 
@@ -148,7 +151,7 @@ def check_resume(cfg: RunConfig, world_size: int) -> Optional[ResumePoint]:
         return None
     with open(os.path.join(path, "trainer_state.json")) as f:
         step = int(json.load(f)["step"])
-    point = ResumePoint(path=path, step=step, saved_world=_saved_world(path))
+    point = ResumePoint(path=path, step=step, saved_world=saved_world_size(path))
     where = f"{path} (step {step})"
     saved_file = os.path.join(os.path.dirname(os.path.dirname(path)), "config.yaml")
     if os.path.isfile(saved_file):
@@ -161,10 +164,13 @@ def check_resume(cfg: RunConfig, world_size: int) -> Optional[ResumePoint]:
                               f"to start another run, or keep the saved values ({saved_file})")
         point.changes = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in differ if k != "train.run_dir"]
     # a finished run loads nothing: "already at step N" is the answer whatever the world size
-    if cfg.deepspeed.zero_stage >= 1 and point.saved_world not in (None, world_size) and not finished(point, cfg):
+    # another world size loads the checkpoint's consolidated state (pretrain/elastic.py), when it has one
+    if cfg.deepspeed.zero_stage >= 1 and point.saved_world not in (None, world_size) and not finished(point, cfg) \
+            and not os.path.isfile(os.path.join(path, CONSOLIDATED)):
         raise ConfigError(f"cannot resume {where} on {world_size} rank(s): it was saved by {point.saved_world} "
                           f"(deepspeed.zero_stage={cfg.deepspeed.zero_stage} partitions the optimizer over the "
-                          f"ranks); launch {point.saved_world} ranks, or give a new train.run_dir")
+                          f"ranks) without a consolidated state (checkpoint.elastic); launch "
+                          f"{point.saved_world} ranks, or give a new train.run_dir")
     return point
 
 
