@@ -56,9 +56,11 @@ def _large_inputs(work: Path, count: int, copies: int) -> tuple:
     return len(names) * copies, sorted(sizes, key=lambda wh: wh[0] * wh[1])[len(sizes) // 2]
 
 
-def measure(quick: bool) -> dict:
+def measure(quick: bool, rounds: int = 0) -> dict:
+    """rounds: fewer on a busy machine (default 3; quick 1)."""
     workers = len(os.sched_getaffinity(0))
-    count, copies, rounds = (20, 1, 1) if quick else (150, 4, 3)
+    count, copies = (20, 1) if quick else (150, 4)
+    rounds = rounds or (1 if quick else 3)
     version = _peer_version()
     loads, ours, peers = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
@@ -98,11 +100,12 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="20 images, one round (CI smoke)")
     ap.add_argument("--json", metavar="FILE", help="also write the result row here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 3; quick 1)")
     args = ap.parse_args(argv)
     if not ORIGINALS.is_dir():
         print(f"bench.convert_large: skipped: {ORIGINALS} not found (set CLIPFORGE_FLICKR8K)", file=sys.stderr)
         return 0
-    m = measure(args.quick)
+    m = measure(args.quick, args.rounds)
     row = _row(m)
     text = json.dumps(row, indent=2)
     print(text)

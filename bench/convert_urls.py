@@ -103,10 +103,12 @@ def _reasons(outcomes: dict, seed: int) -> dict:
     return found
 
 
-def measure(quick: bool) -> dict:
+def measure(quick: bool, rounds: int = 0, peer_threads=()) -> dict:
+    """rounds, peer_threads: fewer runs on a busy machine (default: 2 rounds at 16, 64 and 256; quick: 1 at 256)."""
     workers = len(os.sched_getaffinity(0))
-    count, copies, rounds = (40, 1, 1) if quick else (300, 5, 2)
-    peer_threads = [256] if quick else [16, 64, 256]
+    count, copies = (40, 1) if quick else (300, 5)
+    rounds = rounds or (1 if quick else 2)
+    peer_threads = list(peer_threads) or ([256] if quick else [16, 64, 256])
     version = _peer_version()
     loads, ours, peers = [], [], {threads: [] for threads in peer_threads}
     with tempfile.TemporaryDirectory(prefix="bench-urls-") as tmp, image_server(str(ORIGINALS), SEED) as base:
@@ -171,11 +173,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="40 URLs, one round (CI smoke)")
     ap.add_argument("--json", metavar="FILE", help="also write the result row here")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--rounds", type=int, default=0, help="alternating rounds (default 2; quick 1)")
+    ap.add_argument("--peer-threads", default="", help="img2dataset's threads per process to try, comma-separated "
+                                                      "(default 16,64,256; quick 256)")
     args = ap.parse_args(argv)
     if not ORIGINALS.is_dir():
         print(f"bench.convert_urls: skipped: {ORIGINALS} not found (set CLIPFORGE_FLICKR8K)", file=sys.stderr)
         return 0
-    m = measure(args.quick)
+    m = measure(args.quick, args.rounds, [int(t) for t in args.peer_threads.split(",") if t])
     row = _row(m)
     text = json.dumps(row, indent=2)
     print(text)
