@@ -38,7 +38,7 @@ def _trainable(engine) -> List[Tuple[str, torch.nn.Parameter]]:
 
 
 def _base_optimizer(engine) -> torch.optim.Optimizer:
-    """The torch AdamW inside DeepSpeed's ZeRO optimizer; its params are the flat fp32 partitions."""
+    """The torch AdamW inside DeepSpeed's ZeRO optimizer; its state is keyed by the flat fp32 partitions."""
     return engine.optimizer.optimizer
 
 
