@@ -151,6 +151,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The vector ISA that decides a CPU's training speed and bf16 numerics: the same bf16 recipe ran 21 min on one
+    2-core EPYC and 30 on another, and landed 1.3 test points apart on an AMX Xeon (docs/flickr8k.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else \
+        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+
+
 def machine_info() -> Dict[str, object]:
     """What a reader needs to compare figures: CPU model, usable cores, memory, versions, date."""
     try:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.common import markdown_table, section, with_section, write_atomic
+from bench.common import cpu_isa, cpu_model, markdown_table, section, with_section, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -163,7 +163,8 @@ def run_peer(name: str, lit: bool, splits, out: Path, p: Dict) -> Dict:
         charged = curve[-1][0] if curve else charged
     test = score(out / f"{name}-export-epoch{p['epochs']}", splits["test"], out / f"{name}-test.json",
                  out / f"{name}-eval.log")
-    return {"name": name, "trainer": "open_clip_train 3.3.0", "wall_s": curve[-1][0], "test": test, "curve": curve}
+    return {"name": name, "trainer": "open_clip_train 3.3.0", "wall_s": curve[-1][0], "test": test, "curve": curve,
+            "cpu": cpu_label()}
 
 
 def run_clipforge(name: str, config: str, overrides: List[str], splits, out: Path, reuse: Optional[Path]) -> Dict:
@@ -181,7 +182,14 @@ def run_clipforge(name: str, config: str, overrides: List[str], splits, out: Pat
         m = json.loads(path.read_text())["metrics"]
         curve.append((path.stat().st_mtime - start, (m["image_retrieval_recall@10"] + m["text_retrieval_recall@10"]) / 2))
     test = score(run, splits["test"], out / f"{name}-test.json", out / f"{name}-eval.log")
-    return {"name": name, "trainer": "clipforge", "wall_s": wall, "test": test, "curve": curve, "run_dir": str(run)}
+    return {"name": name, "trainer": "clipforge", "wall_s": wall, "test": test, "curve": curve, "run_dir": str(run),
+            "cpu": cpu_label()}
+
+
+def cpu_label() -> str:
+    """Where a row was measured: rows kept from earlier calls may come from another CPU kind, whose speed (and,
+    in bf16, numerics) differ, so the table names it."""
+    return f"{cpu_model()}, {cpu_isa()}"
 
 
 def time_to(curve, target: float) -> Optional[float]:
@@ -198,12 +206,13 @@ def table(results: List[Dict]) -> str:
         reach = time_to(r["curve"], target) if target is not None else None
         rows.append([r["name"], r["trainer"], f"{100 * r['test']:.2f} %", f"{r['wall_s'] / 60:.1f}",
                      f"{100 * r['curve'][-1][1]:.2f} %" if r["curve"] else "-",
-                     f"{reach / 60:.1f}" if reach is not None else "not reached" if target is not None else "-"])
+                     f"{reach / 60:.1f}" if reach is not None else "not reached" if target is not None else "-",
+                     r.get("cpu", "-")])
     note = ("Time to accuracy: minutes until dev mean R@10 first reaches the final dev figure of open_clip_train "
             "in the same variant (" + ", ".join(f"{name} {100 * dev:.2f} %" for name, dev in finals.items())
             + ")." if finals else "")
     return markdown_table(["run", "trainer", "test mean R@10", "wall (min)", "final dev mean R@10",
-                           "time to its peer's final dev (min)"], rows) + "\n\n" + note + "\n"
+                           "time to its peer's final dev (min)", "CPU"], rows) + "\n\n" + note + "\n"
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import re
 import sys
 
@@ -18,7 +17,7 @@ import matplotlib
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import section, with_section  # noqa: E402  (markdown sections: one home)
+from bench.common import cpu_isa, cpu_model, section, with_section  # noqa: E402  (one home for each)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -102,13 +101,7 @@ def plot(runs, figures: str) -> tuple:
 
 
 def machine(out_dir: str) -> str:
-    with open("/proc/cpuinfo") as f:
-        info = f.read().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), platform.processor())
-    # the kind matters: the same recipe ran 21 min on one 2-core EPYC and 30 min on another (docs/flickr8k.md)
-    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    isa = "AVX512-BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else \
-        "AVX2" if "avx2" in flags else "no AVX2"
+    cpu, isa = cpu_model(), cpu_isa()
     text = f"{os.cpu_count()} CPU cores ({cpu}, {isa}), no GPU"
     log = os.path.join(out_dir, "loadavg.log")
     if os.path.isfile(log):
