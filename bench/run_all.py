@@ -32,6 +32,7 @@ EXPECTED = ["convert", "convert_urls", "convert_large", "loader", "trainer", "ev
 NOT_BENCHMARKS = {"__init__", "__main__", "common", "run_all", "gpu", "sizing"}
 CPU_ENV = {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+OWN_HEADINGS = {"## Results", "## Runs"}  # what render() writes itself
 GPU_PLACEHOLDER = ("No GPU figures yet: none measured (bench/gpu.py's logic is tested on CPU). On a CUDA "
                    "machine run `python -m bench.gpu`; it rewrites this section only.\n")
 
@@ -126,8 +127,16 @@ def launch(name: str, quick: bool, timeout: float, log_dir: Path) -> Dict:
     return rec
 
 
-def render(records: List[Dict], quick: bool, info: Dict, gpu_body: Optional[str],
-           learning_body: Optional[str] = None) -> str:
+def carried(text: str) -> str:
+    """The `## ...` parts of an earlier BENCHMARKS.md that this run does not write, verbatim with their prose:
+    each holds a marked section its own tool rewrites (gpu: bench.gpu on a CUDA machine; learning: make
+    bench-learning, hours; eval-suite, downloads, large-originals: their benches)."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    return "".join(part.rstrip() + "\n\n" for part in parts[1:]
+                   if part.splitlines()[0] not in OWN_HEADINGS and "<!-- " in part).rstrip() + "\n"
+
+
+def render(records: List[Dict], quick: bool, info: Dict, earlier: str) -> str:
     mode = "quick (CI smoke: tiny sizes, figures are not claims)" if quick else "full"
     rows = [[r["name"], r["metric"], r["clipforge"], r["peer"], r["peer_value"],
              f"{r['ratio']:.2f}×" if isinstance(r["ratio"], (int, float)) else r["ratio"], r["notes"]]
@@ -151,9 +160,9 @@ def render(records: List[Dict], quick: bool, info: Dict, gpu_body: Optional[str]
         + "\n## Runs\n\nEach benchmark ran in its own process; peak RSS is that process's "
           "(and its children's) high-water mark.\n\n"
         + markdown_table(["benchmark", "status", "seconds", "peak RSS MiB"], runs)
-        + "\n## GPU\n\n"
-        + with_section("", "gpu", gpu_body or GPU_PLACEHOLDER).lstrip()
-        + ("\n## Learning\n\n" + with_section("", "learning", learning_body).lstrip() if learning_body else "")
+        + ("" if section(earlier, "gpu") is not None
+           else "\n## GPU\n\n" + with_section("", "gpu", GPU_PLACEHOLDER).lstrip())
+        + "\n" + carried(earlier)
     )
 
 
@@ -204,16 +213,12 @@ def main(argv=None) -> int:
         records.sort(key=lambda rec: order.get(rec["name"], len(order)))
     info = machine_info()
     info["torch"] = _torch_version()
-    # GPU figures come from another machine, learning figures from `make bench-learning` (hours): keep what
-    # is there, from the target or BENCHMARKS.md.
-    other_machines = {}
-    for name in ("gpu", "learning"):
-        for src in (out, REPO / "BENCHMARKS.md"):
-            other_machines[name] = section(src.read_text(), name) if src.is_file() else None
-            if other_machines[name] is not None:
-                break
+    # Sections written by other tools (GPU figures from another machine, learning from `make bench-learning`,
+    # hours; benches that write their own) are kept as they are, from the target, else BENCHMARKS.md.
+    earlier = next((src.read_text() for src in (out, REPO / "BENCHMARKS.md")
+                    if src.is_file() and carried(src.read_text()).strip()), "")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(out), render(records, args.quick, info, other_machines["gpu"], other_machines["learning"]))
+    write_atomic(str(out), render(records, args.quick, info, earlier))
     ok = sum(rec["status"].startswith("ok") for rec in records)
     print(f"[bench] {ok}/{len(records)} benchmarks ran; wrote {out}")
     return 1 if args.strict and ok < len(records) else 0

@@ -18,8 +18,10 @@ SUBSET = ["gpu", "loss", "convert_urls"]
 
 def test_run_all_quick_writes_table(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    out.write_text(with_section(with_section("# old\n", "gpu", "H100 figures from an earlier run"),
-                                "learning", "side-by-side figures of make bench-learning"))
+    # an earlier BENCHMARKS.md: run_all's own parts, then parts other tools write (their prose kept too)
+    out.write_text("# old\n\n## Results\n\nold rows\n\n## GPU\n\n" + with_section("", "gpu", "H100 figures from an earlier run")
+                   + "\n## Learning\n\nhow the peers ran\n\n" + with_section("", "learning", "side-by-side figures of make bench-learning")
+                   + "\n## Downloads\n\n" + with_section("", "downloads", "written by bench.convert_urls"))
     names = SUBSET + ["common", "not_written_yet"]
     proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--only", ",".join(names),
                            "--out", str(out), "--timeout", "400"],
@@ -43,7 +45,8 @@ def test_run_all_quick_writes_table(tmp_path):
     # the GPU section from another machine survives the rewrite
     assert section(text, "gpu") == "H100 figures from an earlier run\n"
     assert section(text, "learning") == "side-by-side figures of make bench-learning\n"  # hours: kept too
-    assert "# old" not in text
+    assert section(text, "downloads") == "written by bench.convert_urls\n"
+    assert "how the peers ran" in text and "# old" not in text and "old rows" not in text
 
     # --only X --keep-others: other benchmarks' last results stay listed, marked with their date
     proc = subprocess.run([sys.executable, "-m", "bench.run_all", "--quick", "--only", "not_written_yet",
