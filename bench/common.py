@@ -214,6 +214,15 @@ def section(text: str, name: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+def write_doc_section(path, name: str, heading: str, body: str) -> None:
+    """A benchmark's own part of a markdown file (BENCHMARKS.md, RESULTS.md): its marked section rewritten,
+    added the first time under `## heading`; the rest of the file untouched."""
+    text = open(path).read() if os.path.exists(path) else ""
+    if section(text, name) is None:
+        text = f"{text.rstrip()}\n\n## {heading}\n"
+    write_atomic(str(path), with_section(text, name, body))
+
+
 def with_section(text: str, name: str, body: str) -> str:
     """text with the named section's body replaced (appended at the end when absent)."""
     block = f"<!-- {name}:begin -->\n{body.rstrip()}\n<!-- {name}:end -->"

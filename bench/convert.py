@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict
 
 from bench.common import cli, markdown_table, result
 
@@ -29,25 +30,31 @@ PEER_BIN = REPO / ".venv-peers" / "img2dataset" / "bin"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _inputs(work: Path, count: int, copies: int) -> int:
-    """paths.csv (clipforge) and urls.csv (img2dataset) over the same `count x copies` image files."""
+def first_captions(count: int) -> Dict[str, str]:
+    """The first `count` Flickr8k images by name, each with its first caption."""
     with open(ORIGINALS / "captions.csv", newline="", encoding="utf-8") as handle:
         first_caption = {}
         for row in csv.DictReader(handle):
             first_caption.setdefault(row["image"], row["caption"])
-    names = sorted(first_caption)[:count]
+    return {name: first_caption[name] for name in sorted(first_caption)[:count]}
+
+
+def _inputs(work: Path, count: int, copies: int, source: Path = ORIGINALS) -> int:
+    """paths.csv (clipforge) and urls.csv (img2dataset) over the same `count x copies` image files: symlinks
+    into `source` (the originals, or bench.convert_large's enlarged copies)."""
+    captions = first_captions(count)
     (work / "img").mkdir()
     with open(work / "paths.csv", "w", newline="") as paths, open(work / "urls.csv", "w", newline="") as urls:
         path_rows, url_rows = csv.writer(paths), csv.writer(urls)
         path_rows.writerow(["image", "caption"])
         url_rows.writerow(["url", "caption"])
         for copy in range(copies):
-            for name in names:
+            for name, caption in captions.items():
                 link = work / "img" / f"{copy}_{name}"
-                link.symlink_to(ORIGINALS / name)
-                path_rows.writerow([str(link), first_caption[name]])
-                url_rows.writerow([link.as_uri(), first_caption[name]])
-    return len(names) * copies
+                link.symlink_to(source / name)
+                path_rows.writerow([str(link), caption])
+                url_rows.writerow([link.as_uri(), caption])
+    return len(captions) * copies
 
 
 def _cpu_seconds() -> float:

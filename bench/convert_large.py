@@ -11,15 +11,14 @@ Figure: images per wall-clock second of the whole command; best of 3 alternating
 Writes BENCHMARKS.md's "Large originals" section (its markers only) unless --quick or --no-write.
 """
 import argparse
-import csv
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import fmt, machine_info, result, section, with_section, write_atomic
-from bench.convert import ORIGINALS, _clipforge, _img2dataset, _peer_version
+from bench.common import fmt, machine_info, result, write_atomic, write_doc_section
+from bench.convert import ORIGINALS, _clipforge, _img2dataset, _inputs, _peer_version, first_captions
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = 4
@@ -30,30 +29,15 @@ def _large_inputs(work: Path, count: int, copies: int) -> tuple:
     -> (images, median size)."""
     from PIL import Image
 
-    with open(ORIGINALS / "captions.csv", newline="", encoding="utf-8") as handle:
-        first_caption = {}
-        for row in csv.DictReader(handle):
-            first_caption.setdefault(row["image"], row["caption"])
-    names = sorted(first_caption)[:count]
     (work / "large").mkdir()
-    (work / "img").mkdir()
     sizes = []
-    for name in names:
+    for name in first_captions(count):
         with Image.open(ORIGINALS / name) as image:
             image = image.convert("RGB")
             sizes.append((image.width * SCALE, image.height * SCALE))
             image.resize(sizes[-1], Image.BICUBIC).save(work / "large" / name, quality=95)
-    with open(work / "paths.csv", "w", newline="") as paths, open(work / "urls.csv", "w", newline="") as urls:
-        path_rows, url_rows = csv.writer(paths), csv.writer(urls)
-        path_rows.writerow(["image", "caption"])
-        url_rows.writerow(["url", "caption"])
-        for copy in range(copies):
-            for name in names:
-                link = work / "img" / f"{copy}_{name}"
-                link.symlink_to(work / "large" / name)
-                path_rows.writerow([str(link), first_caption[name]])
-                url_rows.writerow([link.as_uri(), first_caption[name]])
-    return len(names) * copies, sorted(sizes, key=lambda wh: wh[0] * wh[1])[len(sizes) // 2]
+    images = _inputs(work, count, copies, source=work / "large")
+    return images, sorted(sizes, key=lambda wh: wh[0] * wh[1])[len(sizes) // 2]
 
 
 def measure(quick: bool, rounds: int = 0) -> dict:
@@ -117,10 +101,8 @@ def main(argv=None) -> int:
             f"{fmt(row['peer_value'])} images/s: {ratio}**.\n")
     print(body, file=sys.stderr)
     if not (args.quick or args.no_write):
-        doc = (REPO / "BENCHMARKS.md").read_text()
-        if section(doc, "large-originals") is None:
-            doc = f"{doc.rstrip()}\n\n## Large originals: DCT-domain decode vs img2dataset\n"
-        write_atomic(str(REPO / "BENCHMARKS.md"), with_section(doc, "large-originals", body))
+        write_doc_section(REPO / "BENCHMARKS.md", "large-originals",
+                          "Large originals: DCT-domain decode vs img2dataset", body)
     return 0
 
 

@@ -22,7 +22,7 @@ import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-from bench.common import machine_info, markdown_table, result, section, with_section, write_atomic
+from bench.common import machine_info, markdown_table, result, write_atomic, write_doc_section
 from bench.convert import ORIGINALS, PEER_BIN, _peer_version, _timed
 from bench.url_server import FATES, fate, image_server
 
@@ -190,10 +190,8 @@ def main(argv=None) -> int:
     body = _body(m, row)
     print(body, file=sys.stderr)
     if not (args.quick or args.no_write):
-        doc = (REPO / "BENCHMARKS.md").read_text()
-        if section(doc, "downloads") is None:
-            doc = f"{doc.rstrip()}\n\n## Downloads: clipforge vs img2dataset over HTTP\n"
-        write_atomic(str(REPO / "BENCHMARKS.md"), with_section(doc, "downloads", body))
+        write_doc_section(REPO / "BENCHMARKS.md", "downloads",
+                          "Downloads: clipforge vs img2dataset over HTTP", body)
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import machine_info, markdown_table, section, with_section, write_atomic
+from bench.common import machine_info, markdown_table, write_atomic, write_doc_section
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -96,10 +96,8 @@ def main(argv=None) -> int:
     write_atomic(str(out / "eval_suite.json"), json.dumps({"runs": runs, "tasks": len(suite["tasks"])}, indent=1))
     print(body)
     if not (args.quick or args.no_write):
-        text = (REPO / "BENCHMARKS.md").read_text()
-        if section(text, "eval-suite") is None:
-            text = f"{text.rstrip()}\n\n## Eval suite: 10 tasks, 1 rank vs 2\n"
-        write_atomic(str(REPO / "BENCHMARKS.md"), with_section(text, "eval-suite", body))
+        write_doc_section(REPO / "BENCHMARKS.md", "eval-suite",
+                          "Eval suite: 10 tasks, 1 rank vs 2", body)
     return 0
 
 

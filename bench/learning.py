@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.common import cpu_isa, cpu_model, markdown_table, section, with_section, write_atomic
+from bench.common import cpu_isa, cpu_model, markdown_table, write_atomic, write_doc_section
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -259,13 +259,8 @@ def main(argv=None) -> int:
     body = table(results)
     print(body)
     if not args.no_write:
-        for doc, name, heading in (("BENCHMARKS.md", "learning", "Learning"),
-                                   ("RESULTS.md", "side-by-side", "Side by side with open_clip's trainer")):
-            path = REPO / doc
-            text = path.read_text() if path.exists() else ""
-            if section(text, name) is None:  # first time: under a heading of its own
-                text = f"{text.rstrip()}\n\n## {heading}\n"
-            write_atomic(str(path), with_section(text, name, body))
+        write_doc_section(REPO / "BENCHMARKS.md", "learning", "Learning", body)
+        write_doc_section(REPO / "RESULTS.md", "side-by-side", "Side by side with open_clip's trainer", body)
     return 0
 
 
