@@ -73,7 +73,7 @@ def embed_share(model, tokenizer, transform, data, batch_size, device, precision
         lockstep = int(comm_for_world().all_reduce_max(torch.tensor(len(loader))))
     try:
         with gathered(module):
-            local = embed_batches(module, tokenizer, loader, device, precision, with_text=need == "captions",
+            local = embed_batches(module, tokenizer, loader, device, precision, with_text=need != "label",
                                   progress=progress and rank == 0, lockstep=lockstep)
     finally:
         module.train(was_training)

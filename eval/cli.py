@@ -1,5 +1,6 @@
 """`clipforge eval`: zero-shot retrieval / classification / linear probe of any checkpoint, or a suite of them;
-CLIP_benchmark-compatible JSON."""
+CLIP_benchmark-compatible JSON. --task clip_score: every sample's CLIP score and image embedding, a parquet for
+`clipforge curate`."""
 import argparse
 import contextlib
 import io
@@ -25,10 +26,15 @@ EXAMPLES = """examples:
   clipforge eval --model model.pt --model-config configs/models/tiny-vit.json --data shards/ --task retrieval
   clipforge eval --model ViT-B-32 --pretrained weights.pt --data shards/ --task retrieval
   torchrun --nproc_per_node 8 -m clipforge.eval --model RUN --data shards/ --task retrieval   # every rank embeds a share
+  # CLIP scores for curation (a parquet: key, clip_score, embedding), then keep the best-scoring half
+  clipforge eval --model runs/demo/run --data runs/demo/shards-train --task clip_score --out clip_scores.parquet \
+    && clipforge curate runs/demo/shards-train --out top50/ --scores clip_scores.parquet --top-fraction 0.5
 
 CLIP_benchmark spellings also accepted: --task zeroshot_retrieval|zeroshot_classification, --recall_k 1 5 10,
 --output FILE, --dataset_root DIR, --batch_size N, --num_workers N.
 
+--task clip_score writes, per sample, DataComp's CLIP score (cosine of the image's and its first caption's
+embeddings) and the image embedding: `clipforge curate --scores` / `--embeddings` read it (docs/convert.md).
 --task linear_probe trains a logistic regression on --train-data (default: --data's train split) with
 CLIP_benchmark's weight-decay sweep; --suite FILE runs a list of tasks for one or more --model (configs/eval/).
 --data also reads CLIP_benchmark's published webdataset dirs and ImageFolder dirs as they are (docs/eval.md).
@@ -41,7 +47,7 @@ dir, a DeepSpeed checkpoint dir (any ZeRO stage, consolidated on the fly) or one
 
 # CLIP_benchmark's names for the same things.
 TASKS = {"retrieval": "zeroshot_retrieval", "classification": "zeroshot_classification",
-         "linear_probe": "linear_probe"}
+         "linear_probe": "linear_probe", "clip_score": "clip_score"}
 PEER_FLAGS = {"--recall_k": "recall_k", "--output": "out", "--dataset_root": "data", "--batch_size": "batch_size",
               "--num_workers": "workers", "--train_split": "train_split", "--val_split": "val_split",
               "--val_proportion": "val_proportion", "--fewshot_k": "fewshot_k", "--fewshot_lr": "lr",
@@ -65,8 +71,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                     "(DIR/test/*.tar + nshards.txt ...), ImageFolder dir (DIR[/split]/<class>/*.jpg), or a raw "
                     "folder / caption file (COCO, Flickr, csv ...) converted into a temp dir first")
     ap.add_argument("--task", choices=tuple(TASKS) + tuple(TASKS.values()),
-                    help="retrieval, classification or linear_probe (CLIP_benchmark's zeroshot_* names too)")
-    ap.add_argument("--out", help="write the CLIP_benchmark-style JSON here")
+                    help="retrieval, classification, linear_probe (CLIP_benchmark's zeroshot_* names too) or "
+                         "clip_score (per-sample scores for `clipforge curate`)")
+    ap.add_argument("--out", help="write the CLIP_benchmark-style JSON here (--task clip_score: the parquet)")
     ap.add_argument("--model-config", help="model name or model-config JSON for weights without one")
     ap.add_argument("--pretrained", help="local weights file for an open_clip model name")
     add_fields(ap, EvalOptions)  # --recall-k, --batch-size, --workers: the periodic eval's eval.* keys too
@@ -104,6 +111,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     if not args.task:
         ap.error("give --task retrieval|classification|linear_probe (or --suite FILE)")
     args.task = {v: k for k, v in TASKS.items()}.get(args.task, args.task)
+    if args.task == "clip_score" and (not args.out or args.report or args.all_checkpoints):
+        ap.error("--task clip_score writes one parquet: give --out FILE.parquet (no --report, --all-checkpoints)")
     if args.report and args.task == "linear_probe":
         ap.error("--report shows example queries of retrieval / classification; a linear probe has none")
     try:
@@ -158,6 +167,30 @@ def task_spec(args):
                     **field_values(args, TaskOptions), **field_values(args, ProbeDataOptions))
 
 
+def _clip_score(args, rt) -> int:
+    """--task clip_score: the parquet `clipforge curate --scores / --embeddings` reads, written by rank 0."""
+    from clipforge.eval.clip_score import clip_scores, write_scores
+    from clipforge.eval.distributed import rank_world
+    from clipforge.eval.load_model import load_model
+    from clipforge.eval.tasks import open_data
+    with _quiet(args.quiet):
+        loaded = load_model(args.model, args.model_config, args.pretrained)
+    loaded.model.to(rt.device)
+    source = open_data(args.data, args.split, False, args.dataset_name, loaded, rt)
+    scored = clip_scores(loaded.model, loaded.tokenizer, loaded.transform, source.data, rt.batch_size, rt.device,
+                         rt.precision, rt.workers, rt.progress)
+    if rank_world()[0] == 0:
+        write_scores(args.out, scored, {"model": loaded.name, "pretrained": loaded.pretrained, "data": args.data,
+                                        "precision": rt.precision})
+        skipped = ", ".join(f"{n} {reason} (e.g. {scored.skipped_examples[reason]})"
+                            for reason, n in scored.skipped.items())
+        print(f"clipforge eval: clip_score of {len(scored.keys)} samples of {source.name} with {loaded.name} "
+              f"({rt.precision}, {rank_world()[1]} rank(s)); mean {scored.scores.mean():.4f}"
+              + (f"; no row for {skipped}: curate needs one per sample" if skipped else ""))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _run(args) -> int:
     from clipforge.eval import report
     from clipforge.eval.distributed import comm_for_world, init_from_env, rank_world
@@ -193,6 +226,8 @@ def _run(args) -> int:
         return run.metrics
 
     try:
+        if args.task == "clip_score":
+            return _clip_score(args, rt)
         if args.all_checkpoints:
             return run_curve(args, evaluate_one)
         evaluate_one(args.model, args.out)

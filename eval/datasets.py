@@ -134,11 +134,14 @@ class SampleRange(torch.utils.data.Dataset):
 
 
 def collate(items: List[dict], need: str) -> dict:
-    """Stack the usable samples; need = "captions" (retrieval) or "label" (classification)."""
+    """Stack the usable samples; need = "captions" (retrieval), "first_caption" (CLIP score: only the primary
+    caption is embedded, so a 5-caption dataset costs one text forward per image) or "label" (classification)."""
     keep, skipped = [], []
     for it in items:
         reason = it["reason"]
-        if reason is None and need == "captions" and not it["captions"]:
+        if need == "first_caption":
+            it["captions"] = it["captions"][:1]
+        if reason is None and need in ("captions", "first_caption") and not it["captions"]:
             reason = "no caption"
         if reason is None and need == "label" and it["label"] is None:
             reason = "no label"
