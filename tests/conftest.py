@@ -4,6 +4,10 @@ from pathlib import Path
 
 import pytest
 
+# Module fixtures' temporary folders go when the module is done (CI's disk is small): tests/tmp_cleanup.py
+from tests.tmp_cleanup import (_charge_folders_to_fixtures, pytest_fixture_post_finalizer,  # noqa: F401
+                                pytest_fixture_setup)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
