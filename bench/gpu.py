@@ -11,7 +11,8 @@ Reported: samples/s, MFU = model FLOPs per sample (modeling/flops.py, 3x forward
 device's bf16 matmul peak MEASURED here with a large matmul, peak memory, and the data-wait
 fraction (time to fetch the next batch / step time: ~0 by construction with in-memory data; the
 loader's own throughput is bench/loader.py's figure). Loss: forward + backward of the loss alone
-on fp32 features, tiled (clipforge) vs naive (open_clip's ClipLoss, the peer) at growing B.
+on fp32 features, tiled (clipforge) vs naive (open_clip's ClipLoss, the peer) at growing B. Loader: the real train
+loader's samples/s with data.decode=gpu and =cpu on one device, against the ViT-B/32 training row (bench/gpu_loader.py).
 """
 import gc
 import json
@@ -24,6 +25,7 @@ from typing import Callable, Dict, List
 import torch
 
 from bench.common import cli, markdown_table, result, with_section, write_atomic
+from bench.gpu_loader import default_workers, loader_figures, loader_markdown
 from bench.gpu_loss import loss_figures, loss_rows_markdown
 from clipforge.modeling.flops import clip_flops
 
@@ -213,6 +215,7 @@ def device_info(device: torch.device) -> Dict[str, str]:
 def render(m: Dict) -> str:
     """The GPU section of BENCHMARKS.md."""
     info, peak, trains, losses, date = m["info"], m["peak"], m["train"], m["loss"], m["date"]
+    loaders = m["loader"]
     head = (f"Measured by `python -m bench.gpu` on {info['device']}, driver {info.get('driver', '—')}, "
             f"torch {info['torch']} (CUDA {info.get('cuda', '—')}), {date}. bf16 matmul peak measured "
             f"here: {peak / 1e12:.1f} TFLOP/s (8192³ product).\n\n")
@@ -226,7 +229,10 @@ def render(m: Dict) -> str:
                               "peak GiB", "data wait", "loss"], rows)
             + f"\nLoss alone (fp32 features, d={losses[0]['d']}, forward + backward, TF32 matmuls; tiled = "
               "clipforge loss.impl=tiled, tile 8192; naive = open_clip ClipLoss):\n\n"
-            + loss_rows_markdown(losses))
+            + loss_rows_markdown(losses)
+            + f"\nTrain loader (256 x 341 JPEGs q95 -> 224-px crops, tokens, {loaders[0]['workers']} worker processes; "
+              "data.decode=gpu decodes on this device, =cpu copies the workers' pinned pixels here):\n\n"
+            + loader_markdown(loaders, trains[0]["samples_per_s"]))
 
 
 def measure(quick: bool) -> Dict:
@@ -246,8 +252,10 @@ def measure(quick: bool) -> Dict:
              else [1 << 14, 1 << 16] if cuda else [256, 1024])
     # tile 8192 on a GPU: 3 fp32 blocks = 0.8 GB, and 16k blocks (not 65k) at B=1M
     losses = loss_figures(sizes, 512 if cuda else 64, device, tile=8192 if cuda else 256)
+    images, batch, workers = ((1024 if quick else 4096), 256, default_workers()) if cuda else (96, 32, 1)
+    loaders = loader_figures(device, sync, images, batch, workers)
     return {"cuda": cuda, "info": device_info(device), "peak": peak, "train": trains, "loss": losses,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "loader": loaders, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def rows(m: Dict) -> List[Dict]:
@@ -264,6 +272,14 @@ def rows(m: Dict) -> List[Dict]:
                           f"loss fwd+bwd seconds at B={r['B']}{label}", r["tiled_s"], r["naive_s"],
                           f"largest B both ran; tiled ran up to B={max(x['B'] for x in m['loss'] if x.get('tiled_s'))}",
                           higher_is_better=False))
+    by_decode = {r["decode"]: r for r in m["loader"]}
+    trainer = m["train"][0]
+    gpu_decode = by_decode["gpu"]["samples_per_s"]
+    out.append(result("gpu-loader", "the same loader, data.decode=cpu",
+                      f"loader samples/s per GPU, data.decode=gpu, {by_decode['gpu']['workers']} workers{label}",
+                      gpu_decode, by_decode["cpu"]["samples_per_s"],
+                      f"trainer {trainer['model']} {trainer['samples_per_s']:,.0f} samples/s: goal loader >= trainer "
+                      + ("met" if gpu_decode >= trainer["samples_per_s"] else "not met")))
     return out
 
 

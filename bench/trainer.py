@@ -9,6 +9,10 @@
    measured between batch fetches after warm-up steps, so both include everything their loops do.
 2. bytes per rank of everything the engine keeps between steps (parameters, gradients, optimizer
    states, ZeRO partitions/buffers: unique tensor storages alive after one step) at ZeRO 0/1/2/3.
+3. samples/s of the same loop distilling from a teacher (loss.distill; a freshly initialised ViT-B-32 exported as an
+   open_clip local-dir, tiny-vit with --quick): its embeddings read from the batch (stored, what `clipforge embed`
+   writes) vs the live teacher encoding each step's views and captions (the batches carry what the loader would).
+4. samples/s of the same loop with train.compile vs eager, and the compile time (bench/trainer_compile.py).
 """
 import json
 import os
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.common import cli, result
+from bench.trainer_compile import compile_rates, compile_row
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "models" / "tiny-vit.json")
@@ -27,14 +32,25 @@ TINY = str(REPO / "configs" / "models" / "tiny-vit.json")
 class Clocked:
     """In-memory batches (uint8 images, int64 tokens) of one rank; records the time of every fetch."""
 
-    def __init__(self, steps, batch, rank, world, image_size=64, context=32, state=None):
+    def __init__(self, steps, batch, rank, world, image_size=64, context=32, state=None, teacher=None):
+        """teacher: what the loader hands a distillation teacher, per batch: {"views": S_t, "context": L_t} (live)
+        or {"dim": D} (stored)."""
         import torch
+        import torch.nn.functional as F
         g = torch.Generator().manual_seed(1234)
         b = batch // world
         self.batches = [{"images": torch.randint(0, 256, (b, 3, image_size, image_size), dtype=torch.uint8,
                                                   generator=g),
                          "tokens": torch.randint(1, 49000, (b, context), generator=g)} for _ in range(4)]
+        for item in self.batches if teacher else []:
+            if "views" in teacher:
+                item["teacher_images"] = torch.randn(b, 3, teacher["views"], teacher["views"], generator=g)
+                item["teacher_tokens"] = torch.randint(1, 49000, (b, teacher["context"]), generator=g)
+            else:
+                item["teacher_image_features"] = F.normalize(torch.randn(b, teacher["dim"], generator=g), dim=-1)
+                item["teacher_text_features"] = F.normalize(torch.randn(b, teacher["dim"], generator=g), dim=-1)
         self.steps, self.times, self.counters = steps, [], {}
+        self.steps_per_epoch = steps  # the loop's epoch counter (pretrain/metrics.py)
 
     def __iter__(self):
         for i in range(self.steps):
@@ -52,24 +68,54 @@ def _rate(times, batch, warmup):
     return batch / steps[len(steps) // 2]
 
 
-def _clipforge(model_name, batch, steps, warmup, stage, out):
-    """out: a fresh run dir (an existing one would be resumed)."""
+def _clipforge(model_name, batch, steps, warmup, stage, out, teacher=None, overrides=()):
+    """out: a fresh run dir (an existing one would be resumed). teacher: (spec, stored, Clocked's teacher dict).
+    overrides: more dotted config keys."""
     from clipforge.modeling.config import load_config
     from clipforge.pretrain.run import run
 
     holder = {}
+    distill = [] if teacher is None else [f"loss.distill.teacher={teacher[0]}", f"loss.distill.stored={teacher[1]}"]
 
     def factory(cfg, dist, bundle, state):
         holder["data"] = Clocked(steps, batch, dist.rank, dist.world_size, bundle.image_size,
-                                 bundle.model_cfg["text_cfg"]["context_length"])
+                                 bundle.model_cfg["text_cfg"]["context_length"], teacher=teacher and teacher[2])
         return holder["data"]
 
     cfg = load_config(None, [f"model.name={model_name}", "data.sources=[{path: memory}]", f"train.steps={steps}",
                              f"train.global_batch_size={batch}", f"train.run_dir={out}", "train.log_every=10",
                              f"deepspeed.zero_stage={stage}", "deepspeed.precision=fp32", "train.device=cpu",
-                             "checkpoint.every_steps=0", "checkpoint.every_minutes=0", "checkpoint.export_at_end=false"])
+                             "checkpoint.every_steps=0", "checkpoint.every_minutes=0", "checkpoint.export_at_end=false",
+                             *distill, *overrides])
     run(cfg, data_factory=factory)
     return _rate(holder["data"].times, batch, warmup)
+
+
+def _distill_rates(quick: bool, out: str) -> dict:
+    """samples/s of the tiny-vit student distilling from stored embeddings and from the live teacher, in
+    interleaved rounds (a fresh teacher's weights cost what trained ones do)."""
+    import torch
+    import torch.distributed as dist
+    from clipforge.modeling.config import LossConfig, ModelConfig
+    from clipforge.modeling.model import build_model
+    from clipforge.pretrain.export import write_export
+
+    name = TINY if quick else "ViT-B-32"
+    torch.manual_seed(0)
+    bundle = build_model(ModelConfig(name=name), LossConfig())
+    if dist.get_rank() == 0:
+        write_export(bundle.clip.state_dict(), bundle.model_cfg, bundle.preprocess_cfg, f"{out}/teacher",
+                     model_pt=False)
+    dist.barrier()
+    spec, cfg = f"local-dir:{out}/teacher/export", bundle.model_cfg
+    live = {"views": bundle.image_size, "context": cfg["text_cfg"]["context_length"]}
+    batch, steps, warmup, rounds = (32, 8, 2, 1) if quick else (128, 12, 2, 2)
+    res = {"teacher": "tiny-vit" if quick else name, "stored": [], "live": []}
+    for round_ in range(rounds):
+        res["stored"].append(_clipforge(TINY, batch, steps, warmup, 0, f"{out}/ds-{round_}",
+                                        (spec, True, {"dim": cfg["embed_dim"]})))
+        res["live"].append(_clipforge(TINY, batch, steps, warmup, 0, f"{out}/dl-{round_}", (spec, False, live)))
+    return res
 
 
 def _peer(model_name, batch, steps, warmup):
@@ -159,12 +205,17 @@ def _state_bytes(model_name, stage, precision):
 
 
 def worker(quick: bool, out: str, memory: str = None) -> None:
-    """memory="STAGE,PRECISION": measure one engine (its own process, so its memory is freed after)."""
+    """memory="STAGE,PRECISION": measure one engine (its own process, so its memory is freed after); "distill": the
+    distillation rates; "compile": train.compile vs eager."""
     import torch.distributed as dist
     from clipforge.pretrain.distributed import init_distributed
 
     info = init_distributed("cpu")
-    if memory is not None:
+    if memory == "distill":
+        res = _distill_rates(quick, out)
+    elif memory == "compile":
+        res = compile_rates(quick, out, _clipforge, TINY)
+    elif memory is not None:
         stage, precision = memory.split(",")
         res = _state_bytes(TINY if quick else "ViT-B-32", int(stage), precision)
     else:
@@ -182,6 +233,8 @@ def worker(quick: bool, out: str, memory: str = None) -> None:
 
 def _launch(out: str, quick: bool, memory: str = None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    if memory == "compile":  # an empty inductor cache: the compile time of a first run
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(out, "inductor"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "bench.trainer", "--worker", out] + (["--quick"] if quick else []) + (["--memory", memory] if memory else [])
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
@@ -196,6 +249,8 @@ def run(quick: bool):
     with tempfile.TemporaryDirectory() as out:
         res = _launch(out, quick)
         mem = {(s, p): _launch(out, quick, f"{s},{p}") for s, p in configs}
+        distill = _launch(out, quick, "distill")
+        compiled = _launch(out, quick, "compile")
     model = "tiny-vit" if quick else "ViT-B-32"
     peer, ours = max(res["peer"]), max(res["clipforge_z0"])  # best round of each
     mib = lambda k, p: ", ".join(f"ZeRO-{s} {mem[s, p][k] / 2 ** 20:.0f}" for s in range(4) if (s, p) in mem)  # noqa: E731
@@ -212,6 +267,11 @@ def run(quick: bool):
                      + (f"; fp32: {mib('model_optimizer', 'fp32')}" if (0, "fp32") in mem else "")
                      + f"; gradient buffers kept between steps, bf16: {mib('grads', 'bf16')}; ZeRO-3/ZeRO-0 = "
                      + ", ".join(f"{r:.2f} {p}" for p, r in ratio.items()) + " (target <= 0.55)"),
+        result("trainer-distill", f"live teacher ({distill['teacher']} forward per step, same loop)",
+               "samples/s, 2 CPU ranks, tiny-vit student, stored teacher embeddings", max(distill["stored"]),
+               max(distill["live"]), notes=f"loss.distill, ZeRO-0 fp32; best of interleaved rounds: stored "
+                                           f"{runs(distill['stored'])}, live {runs(distill['live'])}"),
+        compile_row(compiled, result),
     ]
 
 

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 from clipforge.errors import UserError
 
 LOADER_MODES = ("epoch", "resampled")
+DECODE_MODES = ("cpu", "gpu")
 
 
 class DataConfigError(UserError, ValueError):
@@ -55,6 +56,10 @@ class DataConfig:
     # (KEY.txt and KEY.synthetic.txt from convert --caption-col original --caption-col synthetic; open_clip's
     # --json-text-key-probs). Seeded by sample position (data_pipeline/stream/caption_sources.py). null = KEY.txt.
     caption_weights: Optional[Dict[str, float]] = None
+    # Where train images are decoded, cropped and resized: cpu = in the loader workers (the reference); gpu = the
+    # workers hand out the JPEG bytes and each sample's crop, and the batch is decoded on the rank's CUDA device
+    # with the same crop and flip (data_pipeline/stream/device_decode.py; docs/loader.md for the pixel tolerance).
+    decode: str = "cpu"
 
     def validate(self) -> None:
         if self.mode not in LOADER_MODES:
@@ -66,6 +71,8 @@ class DataConfig:
                 raise DataConfigError(f"data.sources[{i}].path is empty: give a shard dataset dir or a tar brace pattern")
             if not source.weight > 0:
                 raise DataConfigError(f"data.sources[{i}].weight={source.weight}: must be > 0")
+        if self.decode not in DECODE_MODES:
+            raise DataConfigError(f"data.decode={self.decode!r}: allowed values are {', '.join(DECODE_MODES)}")
         if self.shuffle_window < 1:
             raise DataConfigError(f"data.shuffle_window={self.shuffle_window}: must be >= 1 (1 = no sample shuffle)")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:

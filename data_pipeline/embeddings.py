@@ -2,11 +2,13 @@
 
     SHARDS/embeddings/<name>/
       manifest.json       written last; identity of the model, the shard dataset it was computed against
-      shard-000000.npz    keys [n] (str), offsets int64 [n+1], text float32 [sum captions, dim]
+      shard-000000.npz    keys [n] (str), offsets int64 [n+1], text float32 [sum captions, dim],
+                          and (a teacher's store: tower "image+text") image float32 [n, dim]
 
-Caption c of sample i (line c of KEY.txt) is row offsets[i] + c of `text`. Written by
-`clipforge embed` / the trainer's locked-tower cache (pretrain/text_cache.py), read by the train loader
-(data_pipeline/stream/dataset.py). Torch-free: numpy only.
+Caption c of sample i (line c of KEY.txt) is row offsets[i] + c of `text`; row i of `image` is sample i's image.
+Written by the trainer's locked-tower cache (pretrain/text_cache.py: text only) and by `clipforge embed`
+(pretrain/embed.py: a distillation teacher's image and caption embeddings), read by the train loader
+(data_pipeline/stream/dataset.py, data_pipeline/stream/teacher.py). Torch-free: numpy only.
 
 A store is valid for one (shard dataset, model): the manifest records the sha256 of the shard
 dataset's manifest.json (or sizes.json) and the caller's model identity; `open_store` refuses any other
@@ -69,29 +71,36 @@ def npz_name(tar_name: str) -> str:
 
 
 def write_shard(directory: str, tar_name: str, keys: Sequence[str], captions_per_key: Sequence[int],
-                text: np.ndarray) -> None:
-    """One shard's vectors (atomically: a reader never sees half a file). text: [sum captions, dim]."""
+                text: np.ndarray, image: Optional[np.ndarray] = None) -> None:
+    """One shard's vectors (atomically: a reader never sees half a file). text: [sum captions, dim]; image:
+    [len(keys), dim] or None (a text-only store)."""
     offsets = np.concatenate([[0], np.cumsum(np.asarray(captions_per_key, dtype=np.int64))])
     if offsets[-1] != text.shape[0]:
         raise ValueError(f"{tar_name}: {offsets[-1]} captions but {text.shape[0]} vectors")
+    if image is not None and image.shape[0] != len(keys):
+        raise ValueError(f"{tar_name}: {len(keys)} keys but {image.shape[0]} image vectors")
+    arrays = {} if image is None else {"image": np.ascontiguousarray(image, np.float32)}
     os.makedirs(directory, exist_ok=True)
     with atomic_path(os.path.join(directory, npz_name(tar_name))) as tmp, open(tmp, "wb") as f:
-        np.savez(f, keys=np.asarray(list(keys), dtype=str), offsets=offsets, text=np.ascontiguousarray(text, np.float32))
+        np.savez(f, keys=np.asarray(list(keys), dtype=str), offsets=offsets,
+                 text=np.ascontiguousarray(text, np.float32), **arrays)
 
 
-def write_manifest(directory: str, *, spec: str, model: Dict, tar_names: Sequence[str], dim: int) -> None:
+def write_manifest(directory: str, *, spec: str, model: Dict, tar_names: Sequence[str], dim: int,
+                   tower: str = "text") -> None:
     """Last, once every shard file is in place: its presence is what makes the store complete."""
-    manifest = {"format": FORMAT, "version": VERSION, "model": model, "tower": "text", "dtype": "float32",
+    manifest = {"format": FORMAT, "version": VERSION, "model": model, "tower": tower, "dtype": "float32",
                 "dim": int(dim), "shards_sha256": dataset_fingerprint(spec),
                 "shards": [{"tar": name, "file": npz_name(name)} for name in tar_names]}
     write_atomic(os.path.join(directory, "manifest.json"), json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def check_store(spec: str, name: str, model: Dict, tar_names: Sequence[str]) -> Dict:
-    """-> the store's manifest, or StaleEmbeddings saying what does not match and what to do."""
+def check_store(spec: str, name: str, model: Dict, tar_names: Sequence[str], fix: Optional[str] = None) -> Dict:
+    """-> the store's manifest, or StaleEmbeddings saying what does not match and what to do (`fix`: how to
+    rewrite it; default: delete it, the trainer recomputes it)."""
     directory = store_dir(spec, name)
     path = os.path.join(directory, "manifest.json")
-    fix = f"delete {directory} to recompute it (or run `clipforge embed`)"
+    fix = fix or f"delete {directory} to recompute it"
     if not os.path.isfile(path):
         raise StaleEmbeddings(f"{directory}: no manifest.json (missing or partial store); {fix}")
     with open(path, encoding="utf-8") as f:
@@ -117,18 +126,27 @@ class ShardVectors:
     rows: Dict[str, int]  # key -> first row
     counts: Dict[str, int]  # key -> captions stored
     text: np.ndarray  # float32 [sum captions, dim]
+    index: Optional[Dict[str, int]] = None  # key -> its sample's row of `image`
+    image: Optional[np.ndarray] = None  # float32 [n, dim] (a teacher's store), else None
 
     def vector(self, key: str, caption: int) -> Optional[np.ndarray]:
         if key not in self.rows or not 0 <= caption < self.counts[key]:
             return None
         return self.text[self.rows[key] + caption]
 
+    def image_vector(self, key: str) -> Optional[np.ndarray]:
+        if self.image is None or key not in self.index:
+            return None
+        return self.image[self.index[key]]
+
 
 def load_shard(path: str) -> ShardVectors:
     with np.load(path) as data:
         keys, offsets, text = [str(k) for k in data["keys"]], data["offsets"], data["text"]
+        image = data["image"] if "image" in data.files else None
     return ShardVectors(rows={k: int(offsets[i]) for i, k in enumerate(keys)},
-                        counts={k: int(offsets[i + 1] - offsets[i]) for i, k in enumerate(keys)}, text=text)
+                        counts={k: int(offsets[i + 1] - offsets[i]) for i, k in enumerate(keys)}, text=text,
+                        index={k: i for i, k in enumerate(keys)}, image=image)
 
 
 class VectorCache:

@@ -171,7 +171,7 @@ def _clip_score(args, rt) -> int:
     """--task clip_score: the parquet `clipforge curate --scores / --embeddings` reads, written by rank 0."""
     from clipforge.eval.clip_score import clip_scores, write_scores
     from clipforge.eval.distributed import rank_world
-    from clipforge.eval.load_model import load_model
+    from clipforge.modeling.load_model import load_model
     from clipforge.eval.tasks import open_data
     with _quiet(args.quiet):
         loaded = load_model(args.model, args.model_config, args.pretrained)
@@ -194,7 +194,7 @@ def _clip_score(args, rt) -> int:
 def _run(args) -> int:
     from clipforge.eval import report
     from clipforge.eval.distributed import comm_for_world, init_from_env, rank_world
-    from clipforge.eval.load_model import load_model
+    from clipforge.modeling.load_model import load_model
     from clipforge.eval.tasks import cleanup, run_task
 
     from clipforge.eval.curve import run_curve

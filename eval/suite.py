@@ -168,7 +168,7 @@ def run_suite_cli(args) -> int:
     from clipforge.eval import report
     from clipforge.eval.cli import _quiet, runtime
     from clipforge.eval.distributed import init_from_env, rank_world
-    from clipforge.eval.load_model import load_model
+    from clipforge.modeling.load_model import load_model
     from clipforge.eval.tasks import cleanup, run_task
     tasks, doc = load_suite(args.suite, args.data_root)
     out_dir = args.out_dir or doc.get("out_dir") or "eval-suite"

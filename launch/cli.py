@@ -10,6 +10,7 @@ COMMANDS = {
     "curate": ("clipforge.data_pipeline.curate.cli", "filter a shard dataset (words, size, lists, scores, near-duplicates) -> a new one"),
     "pretrain": ("clipforge.pretrain.cli", "train one rank (run under torchrun/srun; alone = world size 1)"),
     "launch": ("clipforge.launch.commands", "run pretrain under torchrun (local) or as a slurm job"),
+    "embed": ("clipforge.pretrain.embed", "a distillation teacher's image + caption embeddings of shards, stored beside them"),
     "eval": ("clipforge.eval.cli", "zero-shot retrieval / classification, linear probe, suites; CLIP_benchmark JSON"),
     "export": ("clipforge.modeling.soup", "WiSE-FT interpolation / model soups of open_clip exports -> a new local-dir"),
     "demo": ("clipforge.launch.demo", "the whole pipeline on a bundled synthetic dataset, on CPU, in minutes"),

@@ -21,6 +21,7 @@ from clipforge.launch.resources import cpus_per_task, local_nproc, slurm_gpus, v
 from clipforge.launch.slurm import TrainJob, render_train_script, submit, write_script
 from clipforge.launch.torchrun import LaunchError, LocalLaunchOptions, local_env, pretrain_args, torchrun_args
 from clipforge.modeling.config import ConfigError, RunConfig, check_batch_split, load_config
+from clipforge.modeling.config_checks import check_decode_device
 from clipforge.pretrain.preflight import preflight, unknown_flag_message
 from clipforge.pretrain.rundir import already_done, check_resume, describe, finished, target_steps
 
@@ -100,7 +101,9 @@ def run_forwarding_signals(argv: List[str], env: dict) -> int:
 def launch_local(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     local = LocalLaunchOptions(**field_values(args, LocalLaunchOptions))
-    nproc = local_nproc(local.nproc, cfg.train.device, visible_gpus())
+    gpus = visible_gpus()
+    check_decode_device(cfg, gpus > 0)  # data.decode=gpu with train.device=auto on a node without GPUs
+    nproc = local_nproc(local.nproc, cfg.train.device, gpus)
     rdzv = local.rendezvous(cfg.train.run_dir)
     argv = [args.python, *torchrun_args(nproc, rdzv), *pretrain_args(args.config, args.overrides)]
     done = _checked(args, cfg, nproc * local.nnodes)

@@ -43,6 +43,20 @@ class ModelConfig:
 
 
 @dataclass
+class DistillConfig:
+    # Contrastive knowledge distillation (MobileCLIP, TinyCLIP; pretrain/distill_loss.py): loss = (1 - weight) x InfoNCE
+    # + weight x KD, KD = the KL between the teacher's and the student's similarity distributions over the global batch.
+    # teacher: any model `clipforge eval --model` accepts (local-dir:DIR, an export dir, a run dir, ...); null = off.
+    teacher: Optional[str] = None
+    weight: float = 0.5  # in (0, 1]
+    # The teacher's logits are cos / temperature; null = its own learned logit scale (MobileCLIP's choice).
+    temperature: Optional[float] = None
+    # Read the teacher's embeddings from SHARDS/embeddings/teacher-<hash>/, written once by `clipforge embed --model
+    # TEACHER --data SHARDS`, instead of running it at every step; a missing or stale store is refused at start.
+    stored: bool = False
+
+
+@dataclass
 class LossConfig:
     # Allowed values of the choice keys: modeling/config_checks.py (LOSS_KINDS, LOSS_IMPLS).
     kind: str = "infonce"
@@ -56,6 +70,7 @@ class LossConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
     init_logit_bias: float = -10.0  # SigLIP only
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -88,6 +103,16 @@ class OptimConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a run in stages (train.stages: progressive resolution, CLIPA / FLIP; modeling/stages.py).
+    A key left null is the run's: the model's image size and context length, model.patch_dropout."""
+    steps: int = 0
+    image_size: Optional[int] = None
+    context_length: Optional[int] = None
+    patch_dropout: Optional[float] = None
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
@@ -100,6 +125,9 @@ class TrainConfig:
     steps: Optional[int] = None
     samples: Optional[int] = None
     epochs: Optional[float] = None
+    # Progressive resolution: [{steps, image_size, context_length, patch_dropout}, ...], e.g. low resolution and
+    # short captions first, then a full-resolution fine-tune; the steps add up to train.steps. [] = one stage.
+    stages: List[StageConfig] = field(default_factory=list)
     log_every: int = 10
     # Diverged after this many consecutive non-finite steps (each is skipped, weights untouched).
     max_nonfinite_steps: int = 5
@@ -113,6 +141,9 @@ class TrainConfig:
     skip_batches_after_rollback: Optional[int] = None
     # auto: cuda when available, else cpu.
     device: str = "auto"
+    # torch.compile (inductor) of the model inside the DeepSpeed engine, at any ZeRO stage, with or without
+    # model.grad_checkpointing (pretrain/compile.py); the first step pays the compile time (logged, compile_s).
+    compile: bool = False
 
 
 # A section clipforge writes into RUN/config.yaml (version, git commit, overrides); ignored when read back,

@@ -69,6 +69,71 @@ def _check_hard_negatives(cfg) -> None:
                           "captions only; set model.text_cache=false, or data.hard_negatives=0")
 
 
+def _check_distill(cfg) -> None:
+    """loss.distill (pretrain/distill_loss.py): the KL of two softmax similarity distributions over the global batch."""
+    d = cfg.loss.distill
+    if d.teacher is None:
+        return
+    path = d.teacher[len("local-dir:"):] if d.teacher.startswith("local-dir:") else d.teacher
+    if not os.path.exists(path):
+        raise ConfigError(f"loss.distill.teacher={d.teacher!r}: no such model (give what `clipforge eval --model` "
+                          "accepts: local-dir:DIR, an export dir, a run dir, a checkpoint dir or a model.pt)")
+    if not 0 < d.weight <= 1:
+        raise ConfigError(f"loss.distill.weight={d.weight}: must be in (0, 1] (loss = (1 - w) InfoNCE + w KD)")
+    if d.temperature is not None and not d.temperature > 0:
+        raise ConfigError(f"loss.distill.temperature={d.temperature}: must be > 0, or null (the teacher's own logit scale)")
+    if cfg.loss.kind != "infonce" or cfg.loss.impl != "naive":
+        raise ConfigError(f"loss.distill needs loss.kind=infonce loss.impl=naive (got {cfg.loss.kind}, {cfg.loss.impl}): "
+                          "its KL is over the softmax rows of the materialised batch logits; set those, or "
+                          "loss.distill.teacher=null")
+    if cfg.data.hard_negatives:
+        raise ConfigError(f"loss.distill with data.hard_negatives={cfg.data.hard_negatives}: the teacher scores the "
+                          "batch's captions only; set data.hard_negatives=0, or loss.distill.teacher=null")
+    if d.stored and cfg.data.caption_weights is not None:
+        raise ConfigError("loss.distill.stored=true reads the teacher's embeddings of KEY.txt's captions only, but "
+                          "data.caption_weights draws other caption sources; set data.caption_weights=null or "
+                          "loss.distill.stored=false")
+
+
+def _check_stages(cfg) -> None:
+    """train.stages (progressive resolution): each stage's own ranges, and train.steps = their sum (the lr schedule
+    spans the whole run). What needs the model's config (patch size, towers) is modeling/stages.py's resolve_stages."""
+    stages, model = cfg.train.stages, cfg.model
+    cached = model.hf_text_dir is not None and model.lock_text and model.lock_text_unlocked_layers == 0
+    for i, stage in enumerate(stages):
+        key = f"train.stages[{i}]"
+        if stage.steps < 1:
+            raise ConfigError(f"{key}.steps={stage.steps}: every stage needs steps >= 1")
+        if stage.image_size is not None and stage.image_size < 1:
+            raise ConfigError(f"{key}.image_size={stage.image_size}: must be >= 1, or null (the model's)")
+        if stage.context_length is not None and stage.context_length < 2:
+            raise ConfigError(f"{key}.context_length={stage.context_length}: must be >= 2 (start and end of text), "
+                              "or null (the model's)")
+        if stage.patch_dropout is not None and not 0 <= stage.patch_dropout < 1:
+            raise ConfigError(f"{key}.patch_dropout={stage.patch_dropout}: must be in [0, 1), or null "
+                              "(model.patch_dropout)")
+        if stage.context_length is not None and cached and model.text_cache:
+            raise ConfigError(f"{key}.context_length={stage.context_length}: model.text_cache stores the locked text "
+                              "tower's outputs at one context length; set model.text_cache=false, or drop the key")
+    total = sum(stage.steps for stage in stages)
+    if stages and cfg.train.steps != total:
+        given = f"train.steps={cfg.train.steps}" if cfg.train.steps is not None else \
+            f"the run length is given as train.{'samples' if cfg.train.samples is not None else 'epochs'}"
+        raise ConfigError(f"train.stages' steps add up to {total}, but {given}: train.steps is the whole run "
+                          f"(the lr schedule spans every stage); set train.steps={total}")
+
+
+DECODE_NEEDS_CUDA = ("data.decode=gpu decodes the train images on the rank's CUDA device, and {why}; run on a GPU "
+                     "node, or set data.decode=cpu (the loader workers decode them)")
+
+
+def check_decode_device(cfg, cuda_found: bool) -> None:
+    """data.decode=gpu on a rank whose train.device (auto, cuda) finds no CUDA device (cuda_found: torch's answer):
+    `clipforge pretrain` asks on every rank before the process group starts; train.device=cpu is refused by validate."""
+    if cfg.data.decode == "gpu" and cfg.train.device != "cpu" and not cuda_found:
+        raise ConfigError(DECODE_NEEDS_CUDA.format(why=f"train.device={cfg.train.device} finds no CUDA device here"))
+
+
 def validate(cfg) -> None:
     """cfg: a RunConfig. Choice keys, ranges and cross-field checks; every message names the key(s) and the fix."""
     try:
@@ -97,12 +162,16 @@ def validate(cfg) -> None:
                           "(its positives span ranks); set loss.local_loss=false loss.impl=naive, or "
                           "data.captions_per_sample=1")
     _check_hard_negatives(cfg)
+    _check_distill(cfg)
+    if cfg.data.decode == "gpu" and cfg.train.device == "cpu":  # auto, cuda: check_decode_device at the rank's start
+        raise ConfigError(DECODE_NEEDS_CUDA.format(why="train.device=cpu"))
     if cfg.loss.tile_size < 1:
         raise ConfigError(f"loss.tile_size={cfg.loss.tile_size}: must be >= 1")
     lengths = [k for k in RUN_LENGTH_KEYS if getattr(cfg.train, k) is not None]
     if len(lengths) != 1:
         raise ConfigError(f"give exactly one of train.steps, train.samples, train.epochs (got {lengths or 'none'}); "
                           "set the others to null, e.g. train.epochs=null train.steps=100")
+    _check_stages(cfg)
     if cfg.data.mode == "resampled" and cfg.train.epochs is not None:
         raise ConfigError("train.epochs needs data.mode=epoch; with data.mode=resampled give train.steps or train.samples")
     if cfg.train.global_batch_size < 1:

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from clipforge.errors import UserError
 from clipforge.modeling.config import LossConfig, ModelConfig
 from clipforge.modeling.preprocess import preprocess_config
+from clipforge.modeling.stages import resolve_stages, with_last_stage
 
 
 class ModelConfigError(UserError, ValueError):
@@ -80,6 +81,8 @@ class ModelBundle:
     image_size: int
     # (name, identity) of the locked text tower's stored outputs the loader reads (pretrain/text_cache.py).
     text_store: Optional[tuple] = None
+    # What the loader hands a distillation teacher (data_pipeline/stream/teacher.py TeacherInputs; pretrain/distill.py).
+    teacher_inputs: Optional[Any] = None
 
     @property
     def clip(self) -> nn.Module:
@@ -146,9 +149,11 @@ def _hf_text_cfg(hf_dir: str, context_length: int) -> Dict[str, Any]:
             "hf_pooler_type": "mean_pooler", "context_length": context_length}
 
 
-def final_model_config(model_cfg: ModelConfig, loss_cfg: LossConfig) -> Dict[str, Any]:
-    """The exact dict the model is built from: base config + patch dropout, HF tower, loss parameters."""
+def final_model_config(model_cfg: ModelConfig, loss_cfg: LossConfig, stages: Sequence = ()) -> Dict[str, Any]:
+    """The exact dict the model is built from: base config + patch dropout, HF tower, loss parameters; with
+    train.stages (`stages`), the last stage's image size, context length and patch dropout (modeling/stages.py)."""
     cfg = resolve_model_config(model_cfg.name)
+    last = resolve_stages(stages, cfg, model_cfg)[-1] if stages else None
     if model_cfg.patch_dropout > 0:
         cfg["vision_cfg"]["patch_dropout"] = model_cfg.patch_dropout
     if model_cfg.hf_text_dir is not None:
@@ -160,7 +165,7 @@ def final_model_config(model_cfg: ModelConfig, loss_cfg: LossConfig) -> Dict[str
         cfg["init_logit_bias"] = loss_cfg.init_logit_bias
     else:
         cfg.pop("init_logit_bias", None)
-    return cfg
+    return cfg if last is None else with_last_stage(cfg, last)
 
 
 def instantiate(model_cfg: Dict[str, Any], hf_pretrained: bool = True) -> nn.Module:
@@ -226,9 +231,10 @@ def _lock_hf_text(text: nn.Module, unlocked_layers: int) -> None:
             param.requires_grad = True
 
 
-def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig) -> ModelBundle:
-    """Seed torch before calling this for a reproducible initialisation (every rank must agree)."""
-    cfg = final_model_config(model_cfg, loss_cfg)
+def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig, stages: Sequence = ()) -> ModelBundle:
+    """Seed torch before calling this for a reproducible initialisation (every rank must agree). stages:
+    train.stages (the model is the last stage's)."""
+    cfg = final_model_config(model_cfg, loss_cfg, stages)
     clip = instantiate(cfg)
     model = ContrastiveModel(clip, frozen=apply_locking(clip, model_cfg))
     size = cfg["vision_cfg"].get("image_size", 224)

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from clipforge.errors import UserError
 from clipforge.modeling.config import load_config
+from clipforge.modeling.config_checks import check_decode_device
 from clipforge.pretrain.evaluator import resolve_evaluator
 from clipforge.pretrain.preflight import preflight, unknown_flag_message
 from clipforge.pretrain.rundir import already_done, check_resume, describe, finished, run_info, target_steps
@@ -73,8 +74,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if rank == 0 and point is not None:
         print(f"clipforge pretrain: {describe(point, cfg)}", file=sys.stderr)
     from clipforge.pretrain.run import run  # torch/deepspeed only after the config is known to be good
+    import torch
 
     try:
+        check_decode_device(cfg, torch.cuda.is_available())  # data.decode=gpu: before the process group and DeepSpeed
         # the periodic eval the config names (eval.evaluator), handed down: pretrain imports no eval itself
         evaluator = resolve_evaluator(cfg.eval.evaluator)
         return run(cfg, run_info=run_info(overrides, world), evaluator=evaluator)

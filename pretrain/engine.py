@@ -8,6 +8,8 @@ applies them as small named steps, always in this order:
     4. initialize                 deepspeed.initialize (ZeRO-3 fp32: the master copy is the partition)
     5. nonfinite_guards           each stage's clipping and check that a non-finite gradient never reaches the
                                   weights, attached as engine.nonfinite_guard (train_step calls its step())
+    6. compile_model              train.compile: torch.compile of the engine's module in place, after checkpointing
+                                  (its blocks are traced as checkpoint regions; pretrain/torch_compile.py: why so)
 
 Locking (LiT) happens before, in modeling.model.build_model; process-group start-up is pretrain.distributed;
 the corrections of DeepSpeed internals are pretrain.deepspeed_fixes (version-checked).
@@ -29,6 +31,7 @@ from clipforge.modeling.config import RunConfig
 from clipforge.pretrain import deepspeed_fixes
 from clipforge.pretrain.distributed import DistInfo, all_finite
 from clipforge.pretrain.param_groups import group_table, param_groups
+from clipforge.pretrain.torch_compile import compile_model
 
 
 def manual_clipping(cfg: RunConfig) -> bool:
@@ -166,7 +169,7 @@ def nonfinite_guards(engine, cfg: RunConfig) -> NonfiniteGuard:
 
 
 def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_steps: int, run_dir: str = None):
-    """-> (DeepSpeed engine, base lr per param group). Steps 1-5 of the module docstring, in that order."""
+    """-> (DeepSpeed engine, base lr per param group). Steps 1-6 of the module docstring, in that order."""
     activation_checkpointing(model, cfg)                                              # 1
     optimizer, base_lrs, trainable = optimizer_for(model, cfg, dist)                  # 2
     config = deepspeed_config(cfg, dist.world_size, accum_steps, trainable,
@@ -174,4 +177,5 @@ def build_engine(cfg: RunConfig, model: torch.nn.Module, dist: DistInfo, accum_s
     write_deepspeed_json(config, run_dir, dist.rank)
     engine = initialize(model, optimizer, config, cfg, dist)                          # 4
     engine.nonfinite_guard = nonfinite_guards(engine, cfg)                            # 5
+    compile_model(engine, cfg, dist.rank)                                             # 6
     return engine, base_lrs

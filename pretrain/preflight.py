@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 from braceexpand import braceexpand
 
 from clipforge.modeling.config import ConfigError, RunConfig, suggest_key
+from clipforge.modeling.stages import resolve_stages
 from clipforge.pretrain.evaluator import check_evaluator
 
 DATASET_MARKERS = ("manifest.json", "sizes.json")
@@ -58,14 +59,20 @@ def check_hard_negatives(key: str, spec: str, k: int) -> None:
                           "KEY.neg.txt); convert it with --neg-caption-col COLUMN, or set data.hard_negatives=0")
 
 
-def open_clip_model_names() -> Optional[List[str]]:
-    """open_clip's built-in model names, read from its model_configs/ folder without importing it
-    (an import pulls in torch); None when open_clip is not installed here (a bare login node)."""
+def _open_clip_configs() -> Optional[str]:
+    """open_clip's model_configs/ folder, found without importing it (an import pulls in torch); None when
+    open_clip is not installed here (a bare login node)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         return None
     folder = os.path.join(list(spec.submodule_search_locations)[0], "model_configs")
-    if not os.path.isdir(folder):
+    return folder if os.path.isdir(folder) else None
+
+
+def open_clip_model_names() -> Optional[List[str]]:
+    """open_clip's built-in model names (None when open_clip is not installed here)."""
+    folder = _open_clip_configs()
+    if folder is None:
         return None
     return sorted(name[:-5] for name in os.listdir(folder) if name.endswith(".json"))
 
@@ -85,6 +92,21 @@ def check_model(name: str) -> None:
                           "(e.g. ViT-B-32, see open_clip.list_models()) or a path to a model-config JSON")
 
 
+def check_stages(cfg: RunConfig) -> None:
+    """train.stages against model.name's config (patch size, towers), as the model factory resolves them at start;
+    read as JSON (model-config files, an export's open_clip_config.json, open_clip's built-in ones)."""
+    if not cfg.train.stages:
+        return
+    name, folder = cfg.model.name, _open_clip_configs()
+    path = name if name.endswith(".json") or os.path.sep in name else \
+        os.path.join(folder, f"{name}.json") if folder else None
+    if path is None:
+        return
+    with open(path, encoding="utf-8") as handle:
+        model_cfg = json.load(handle)
+    resolve_stages(cfg.train.stages, model_cfg.get("model_cfg", model_cfg), cfg.model)
+
+
 def preflight(cfg: RunConfig) -> None:
     """Every path check of the config, and that the periodic eval it names (eval.evaluator) exists; raises
     ConfigError (one line) at the first problem."""
@@ -94,6 +116,7 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.data.val_path:
         check_dataset("data.val_path", cfg.data.val_path)
     check_model(cfg.model.name)   # model.hf_text_dir is checked by modeling.config_checks.validate
+    check_stages(cfg)
     check_evaluator(cfg.eval.evaluator)
 
 

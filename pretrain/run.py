@@ -21,6 +21,7 @@ from clipforge.errors import UserFileNotFound
 from clipforge.pretrain.checkpoint import (EXIT_SAVE_FAILED, CheckpointDamaged, CheckpointManager, CheckpointSaveFailed,
                                  PreemptionFlag, tag_for)
 from clipforge.modeling.config import RunConfig, check_batch_split, save_config
+from clipforge.pretrain.distill import setup_distillation
 from clipforge.pretrain.distributed import init_distributed
 from clipforge.pretrain.engine import build_engine
 from clipforge.pretrain.elastic import gather as gather_consolidated
@@ -33,6 +34,7 @@ from clipforge.pretrain.precision import resolve_precision
 from clipforge.modeling.model import build_model
 from clipforge.pretrain.text_cache import ensure_text_store
 from clipforge.pretrain.rundir import already_done
+from clipforge.pretrain.stages import StageSwitch
 from clipforge.pretrain.train import Trainer, train_loop
 
 
@@ -42,7 +44,8 @@ def stream_loader(cfg: RunConfig, dist, bundle, state: Optional[dict]):
     return build_train_loader(cfg.data, seed=cfg.train.seed, global_batch_size=cfg.train.global_batch_size,
                               rank=dist.rank, world_size=dist.world_size, image_size=bundle.image_size,
                               tokenizer=bundle.tokenizer, state=state, drop_last=True,
-                              text_store=bundle.text_store)
+                              text_store=bundle.text_store, teacher=bundle.teacher_inputs,
+                              device=dist.device)  # pinned batches on CUDA; data.decode=gpu decodes there
 
 
 def total_steps(cfg: RunConfig, loader) -> int:
@@ -132,10 +135,13 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
             print(f"SLURM_RESTART_COUNT={restarts}", file=sys.stderr)
     cfg.deepspeed.precision = precision  # everything below (engine, export, periodic eval) sees the resolved one
     _seed_all(cfg.train.seed)  # identical initial weights on every rank
-    bundle = build_model(cfg.model, cfg.loss)
+    bundle = build_model(cfg.model, cfg.loss, cfg.train.stages)
     # Before the engine: under ZeRO-3 the tower's parameters are partitioned afterwards.
     bundle.model.to(dist.device)
+    stages = StageSwitch.install(cfg, bundle, rank)  # train.stages: the model runs every stage's size
     bundle.text_store = ensure_text_store(cfg, bundle, rank, world, dist.device)
+    distill = setup_distillation(cfg, dist.device)  # loss.distill: the live teacher, or its store's identity
+    bundle.teacher_inputs = distill.inputs if distill is not None else None
     frozen = frozen_fp32(bundle.model) if cfg.deepspeed.precision != "fp32" else None
     engine, base_lrs = build_engine(cfg, bundle.model, dist, accum, run_dir)
     _seed_all(cfg.train.seed + rank)  # per-rank dropout / patch-dropout masks
@@ -164,7 +170,9 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
     # Before the loader forks its workers: they inherit the handler, so a SIGUSR1 sent to every process
     # of the job (scancel --signal=USR1) does not kill them.
     preempt = PreemptionFlag()
-    feed = DataFeed(lambda saved_data: data_factory(cfg, dist, bundle, saved_data), data_state)
+    # The loader of the next step's stage (train.stages: its image size and tokenizer), at the saved position.
+    feed = DataFeed(lambda saved_data: data_factory(
+        cfg, dist, stages.loader_bundle(state["step"]) if stages else bundle, saved_data), data_state)
     loader = feed.loader
     total = total_steps(cfg, loader)
     if path is not None and state["step"] >= total:   # finished (epochs: known only now): no re-export
@@ -172,18 +180,22 @@ def run(cfg: RunConfig, data_factory: Callable = stream_loader, loss_wrapper: Ca
             print(f"clipforge pretrain: {already_done(state['step'], total)}", file=sys.stderr)
         return 0
     loss_fn = build_loss(cfg.loss, rank, world)
+    if distill is not None:
+        loss_fn = distill.loss(loss_fn, rank, world)
     if loss_wrapper is not None:
         loss_fn = loss_wrapper(loss_fn)
     metrics = MetricsLogger(run_dir, rank, world, dist.device, bundle.model_cfg)
     metrics.set_progress(total, state["step"], state["samples_seen"], cfg.train.global_batch_size,
                          loader.steps_per_epoch)
-    ema_copy = EMAEvalCopy(ema, lambda: build_model(cfg.model, cfg.loss).model, dist.device, frozen) \
+    ema_copy = EMAEvalCopy(ema, lambda: build_model(cfg.model, cfg.loss, cfg.train.stages).model, dist.device,
+                           frozen) \
         if ema is not None and cfg.eval.ema and evaluator is not None else None
     evaluate = logged_eval(evaluator, cfg, engine, bundle, dist, metrics.writer, ema_copy)
     trainer = Trainer(cfg=cfg, engine=engine, loss_fn=loss_fn, base_lrs=base_lrs, accum=accum,
                       total_steps=total, mean=bundle.preprocess_cfg["mean"],
                       std=bundle.preprocess_cfg["std"], checkpoints=checkpoints, metrics=metrics,
-                      preempt=preempt, evaluate=evaluate, ema=ema)
+                      preempt=preempt, evaluate=evaluate, ema=ema, stages=stages,
+                      distill=distill)
     try:
         code = train_loop(trainer, feed, state)
         if code == 0 and evaluate is not None and not (cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0):

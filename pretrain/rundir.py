@@ -25,8 +25,10 @@ from clipforge.modeling.config import RUN_INFO_KEY, ConfigError, RunConfig, load
 # Dotted keys (or prefixes ending in ".") that may differ between a run and its resumption.
 SAFE_CHANGES = ("train.steps", "train.samples", "train.epochs", "train.log_every", "train.max_nonfinite_steps",
                 "train.spike_factor", "train.spike_window", "train.max_rollbacks", "train.skip_batches_after_rollback",
-                "train.run_dir", "train.device", "optim.", "eval.", "checkpoint.", "data.workers", "data.prefetch",
-                "data.val_path", "model.grad_checkpointing", "model.text_cache", "model.ema_decay")
+                "train.run_dir", "train.device", "train.compile", "optim.", "eval.", "checkpoint.", "data.workers",
+                "data.prefetch", "data.decode",  # decode: the same samples and crops (device_decode.py)
+                "data.val_path", "model.grad_checkpointing", "model.text_cache", "model.ema_decay",
+                "loss.distill.stored")  # a stored teacher gives the live one's numbers (pretrain/distill.py)
 # optim.* may change, but switching a tower's layer-wise lr decay on or off regroups its parameters (one
 # optimizer group per layer, pretrain/param_groups.py): the checkpoint's optimizer state no longer fits.
 LAYER_DECAY_KEYS = ("optim.layer_decay", "optim.layer_decay_image", "optim.layer_decay_text")

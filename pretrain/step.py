@@ -46,12 +46,15 @@ class TextInput:
     """The text side of a batch: tokens int64 [b*K, L], or a locked tower's stored outputs
     (`vectors`, float [b*K, d]); K captions per image, image-major; ids [b*K] the owner image of each
     row and image_ids [b] (None: one caption per image, all distinct -- the plain loss); negatives
-    int64 [b, H, L]: each image's hard-negative captions (data.hard_negatives), None = off."""
+    int64 [b, H, L]: each image's hard-negative captions (data.hard_negatives), None = off; teacher: the
+    distillation teacher's features of the whole step ({"teacher_image_features": [b, D], "teacher_text_features":
+    [b*K, D]}, pretrain/distill.py), passed to every micro-batch's loss as they are (they carry no gradient)."""
     rows: torch.Tensor
     vectors: bool = False
     image_ids: Optional[torch.Tensor] = None
     ids: Optional[torch.Tensor] = None
     negatives: Optional[torch.Tensor] = None
+    teacher: Optional[dict] = None
 
     def forward(self, engine, images, rows, negatives=None):
         """-> (image [b, d], text [t, d], scale, bias, negative features [b, H, d] or None)."""
@@ -78,6 +81,7 @@ def _negatives(features: Optional[torch.Tensor]) -> dict:
 def _forward_backward(engine, loss_fn, images, text: TextInput, accum: int):
     """-> (full-batch loss (detached), whether backward ran, logit scale)."""
     ids = {} if text.ids is None else {"image_ids": text.image_ids, "text_ids": text.ids}
+    ids.update(text.teacher or {})  # loss.distill: the teacher's features of the whole step
     if accum == 1:
         img, txt, scale, bias, neg = text.forward(engine, images, text.rows, text.negatives)
         loss = loss_fn(img, txt, scale, bias, **ids, **_negatives(neg))

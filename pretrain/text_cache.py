@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -71,24 +71,21 @@ def _barrier() -> None:
         torch_dist.barrier()
 
 
-def build_store(spec: str, name: str, identity: Dict, bundle: ModelBundle, rank: int, world: int,
-                device: torch.device) -> None:
-    """Encode every shard of one dataset (this rank's share), then rank 0 writes the manifest."""
+def build_store(spec: str, name: str, identity: Dict, encode: Callable[[str], tuple], rank: int, world: int,
+                dim: int, tower: str = "text") -> None:
+    """Encode every shard of one dataset (this rank's share), then rank 0 writes the manifest. encode(tar path) ->
+    (keys, captions per key, text [sum captions, dim], image [keys, dim] or None); also `clipforge embed`'s."""
     shard_set = open_shards(spec)
     tars = [s.name for s in shard_set.shards]
     directory = embeddings.store_dir(spec, name)
     if rank == 0 and os.path.isdir(directory):
         shutil.rmtree(directory)  # stale or partial: recomputed from nothing
     _barrier()
-    dim = None
     for shard in shard_set.shards[rank::world]:
-        keys, counts, vectors = encode_shard(bundle, shard.path, device)
-        embeddings.write_shard(directory, shard.name, keys, counts, vectors)
-        dim = vectors.shape[1]
+        embeddings.write_shard(directory, shard.name, *encode(shard.path))
     _barrier()
     if rank == 0:
-        dim = dim or bundle.clip.text.transformer.config.hidden_size
-        embeddings.write_manifest(directory, spec=spec, model=identity, tar_names=tars, dim=dim)
+        embeddings.write_manifest(directory, spec=spec, model=identity, tar_names=tars, dim=dim, tower=tower)
     _barrier()
 
 
@@ -115,7 +112,8 @@ def ensure_text_store(cfg, bundle: ModelBundle, rank: int, world: int,
         start = time.perf_counter()
         if rank == 0:
             print(f"text cache: encoding {source.path} once ({reason.split(';')[0]})", file=sys.stderr)
-        build_store(source.path, name, identity, bundle, rank, world, device)
+        build_store(source.path, name, identity, lambda path: (*encode_shard(bundle, path, device), None), rank,
+                    world, bundle.clip.text.transformer.config.hidden_size)
         if rank == 0:
             print(f"text cache: {embeddings.store_dir(source.path, name)} written in "
                   f"{time.perf_counter() - start:.0f} s", file=sys.stderr)

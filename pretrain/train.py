@@ -19,6 +19,7 @@ from clipforge.pretrain.metrics import MetricsLogger
 from clipforge.pretrain.rollback import DivergenceWatch, roll_back
 from clipforge.pretrain.schedule import lr_factor, set_lr
 from clipforge.pretrain.step import TextInput, train_step
+from clipforge.pretrain.torch_compile import CompileClock
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Trainer:
     preempt: PreemptionFlag
     evaluate: Optional[Callable[[int], dict]] = None  # periodic retrieval eval (every rank calls it)
     ema: Any = None  # pretrain.ema.ModelEMA, updated after every applied step
+    stages: Any = None  # pretrain.stages.StageSwitch (train.stages), entered before every step
+    distill: Any = None  # pretrain.distill.Distillation (loss.distill): each batch's teacher features for the loss
 
 
 def text_input(batch: dict, dtype: torch.dtype, device) -> TextInput:
@@ -65,7 +68,10 @@ def train_loop(t: Trainer, feed: DataFeed, state: dict) -> int:
     rollbacks, recent_losses), updated in place."""
     cfg, engine, rank = t.cfg, t.engine, dist.get_rank()
     watch = DivergenceWatch(cfg.train, rank)
+    compile_clock = CompileClock(cfg.train.compile, rank)
     while state["step"] < t.total_steps:
+        if t.stages is not None:  # a new stage: its patch dropout, its loader (also after a rollback into it)
+            t.stages.enter(state["step"], feed)
         t0 = time.perf_counter()
         batch = feed.next()
         wait = time.perf_counter() - t0
@@ -73,8 +79,12 @@ def train_loop(t: Trainer, feed: DataFeed, state: dict) -> int:
             break  # the data ran out before the step budget (epoch mode)
         lr = set_lr(engine.optimizer, t.base_lrs, lr_factor(state["step"], t.total_steps, cfg.optim))
         images = images_to_input(batch["images"], t.mean, t.std, engine)
-        result = train_step(engine, t.loss_fn, images, text_input(batch, images.dtype, engine.device),
-                            t.accum, cfg)
+        text = text_input(batch, images.dtype, engine.device)
+        if t.distill is not None:
+            text.teacher = t.distill.features(batch, engine.device)
+        step_start = time.perf_counter()
+        result = train_step(engine, t.loss_fn, images, text, t.accum, cfg)
+        compile_clock.step_took(time.perf_counter() - step_start)
         state["step"] += 1
         state["samples_seen"] += cfg.train.global_batch_size
         diverged = watch.after_step(result, state)
@@ -91,7 +101,8 @@ def train_loop(t: Trainer, feed: DataFeed, state: dict) -> int:
         if state["step"] % cfg.train.log_every == 0 or state["step"] == t.total_steps:
             t.metrics.log(state["step"], {"loss": result.loss, "lr": lr, "logit_scale": result.logit_scale,
                                           "grad_norm": result.grad_norm, "nonfinite_steps": state["nonfinite_total"],
-                                          "loss_scale_overflows": state["overflow_total"]},
+                                          "loss_scale_overflows": state["overflow_total"],
+                                          **compile_clock.metrics()},
                           feed.counters())
         if t.evaluate is not None and cfg.eval.every_steps > 0 and state["step"] % cfg.eval.every_steps == 0:
             t.evaluate(state["step"])

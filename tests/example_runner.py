@@ -44,7 +44,7 @@ REWRITES = [
 # launches that need other machines or a cluster: checked as a dry run
 DRY_RUN = (r"--rdzv-endpoint 10\.", r"launch\.cli launch slurm")
 # a training launch that names no run length (the recipe's own, hours) runs 2 steps
-TRAINS = r"launch\.cli (launch local|pretrain)\b|-m clipforge.pretrain\b"
+TRAINS = r"launch\.cli (launch local|pretrain)\b|-m clipforge.pretrain\b(?!\.)"  # not pretrain.embed
 RUN_LENGTH = r"\btrain\.(steps|epochs|samples)="
 
 DEMO = "clipforge demo"   # the example that builds demo_layout
@@ -88,8 +88,8 @@ def help_text(words: tuple) -> str:
 
 
 HELPS = [(), ("launch",), ("launch", "local"), ("launch", "slurm"), ("launch", "slurm", "convert"),
-         ("launch", "slurm", "eval"), ("pretrain",), ("eval",), ("convert",), ("verify",), ("curate",), ("export",),
-         ("demo",)]
+         ("launch", "slurm", "eval"), ("pretrain",), ("embed",), ("eval",), ("convert",), ("verify",), ("curate",),
+         ("export",), ("demo",)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,7 +11,8 @@ and named by shard URL and byte offset in the batch's "failed_reads".
 With captions_per_sample K the batch holds K captions per image, image-major: rows i*K .. i*K+K-1 of
 "tokens" (and of "text_vectors", when a store of locked-tower embeddings is given) are image i's.
 With hard_negatives K > 0 "neg_tokens" [b, K, L] holds each image's K hard-negative captions
-(data_pipeline/stream/hard_negatives.py).
+(data_pipeline/stream/hard_negatives.py). With a distillation teacher, its inputs or stored outputs ride along
+(data_pipeline/stream/teacher.py).
 """
 import hashlib
 import os
@@ -29,7 +30,9 @@ from clipforge.data_pipeline.stream import hashing
 from clipforge.data_pipeline.stream.hard_negatives import MISSING_NEGATIVES, pick as pick_negatives
 from clipforge.data_pipeline.stream.caption_sources import CaptionWeights
 from clipforge.data_pipeline.stream.decode import DecodeError, train_image
+from clipforge.data_pipeline.stream.device_decode import ImageRows, plan_image
 from clipforge.data_pipeline.stream.plan import BatchRequest
+from clipforge.data_pipeline.stream.teacher import TeacherReader
 
 # Reasons a sample is skipped (keys of loader.counters).
 MISSING_IN_TAR = "missing_from_truncated_shard"  # the tar ends before this sample (cut copy)
@@ -108,20 +111,28 @@ def _failed_at(error: remote.RemoteReadError) -> str:
     return f"{error.url}@{error.offset}"
 
 
+def _skipped(reason: str, failed_at: Optional[str] = None) -> tuple:
+    """BatchDataset.load's answer for a sample that is not in the batch."""
+    return None, reason, failed_at, None, None, None
+
+
 class BatchDataset(torch.utils.data.Dataset):
-    """dataset[request] -> {"images": uint8 [n,3,S,S], "tokens": int64 [n,L], "keys", "skipped", "request"}."""
+    """dataset[request] -> {"images": uint8 [n,3,S,S], "tokens": int64 [n,L], "keys", "skipped", "request"}; with
+    decode="gpu" the JPEGs and their crops instead of "images" (device_decode.ENCODED, decoded by the loader)."""
 
     def __init__(self, shard_paths: List[List[str]], *, seed: int, image_size: int,
                  tokenizer: Callable[[List[str]], torch.Tensor], cache_shards: int = 16,
                  source_roots: Optional[List[str]] = None, captions_per_sample: int = 1,
                  vector_paths: Optional[List[List[str]]] = None, vector_dim: int = 0,
                  json_caption_sources: Sequence[int] = (), crop_scale=(0.9, 1.0), hflip: bool = False,
-                 caption_weights: CaptionWeights = CaptionWeights.of(None), hard_negatives: int = 0):
+                 caption_weights: CaptionWeights = CaptionWeights.of(None), hard_negatives: int = 0,
+                 teacher: Optional[TeacherReader] = None, decode: str = "cpu"):
         """vector_paths: per source, per shard, the stored-embeddings file (data_pipeline.embeddings) whose
         vectors replace the captions' tokens; None = tokenise the captions. json_caption_sources: sources
         converted with --one-caption-per-txt, whose captions are KEY.json's list (read only for them).
         caption_weights: which caption source each visit reads (data_pipeline/stream/caption_sources.py).
-        hard_negatives: K lines of KEY.neg.txt per sample (0 = none read)."""
+        hard_negatives: K lines of KEY.neg.txt per sample (0 = none read). teacher: a distillation teacher's
+        inputs or stored outputs per sample (data_pipeline/stream/teacher.py), None = none. decode: data.decode."""
         self.json_caption_sources = set(json_caption_sources)
         self.caption_weights = caption_weights
         self.shard_paths, self.seed, self.image_size = shard_paths, seed, image_size
@@ -133,6 +144,8 @@ class BatchDataset(torch.utils.data.Dataset):
         self.crop_scale, self.hflip = tuple(crop_scale), hflip
         self.vector_paths, self.vector_dim = vector_paths, vector_dim  # dim: an all-bad batch is still [0, D]
         self.vectors = VectorCache()
+        self.teacher = teacher
+        self.decode = decode
         self._empty_tokens = None
 
     def _captions(self, member, entry, source: int, wanted: str) -> Tuple[List[str], str]:
@@ -148,47 +161,50 @@ class BatchDataset(torch.utils.data.Dataset):
         return lines, PRIMARY_CAPTIONS
 
     def load(self, position: int, source: int, shard: int, index: int, wanted: str = PRIMARY_CAPTIONS):
-        """(key, [(caption index, caption)] * K, uint8 [3,S,S], caption source read, KEY.neg.txt's lines or None)
-        of one sample, or (None, reason, failed_at, None, None): failed_at "URL@BYTE" names a remote read that
-        failed after its retries (None otherwise); `wanted`: the caption source this visit asks for."""
+        """(key, [(caption index, caption)] * K, uint8 [3,S,S] (decode="gpu": a JPEG's device_decode.CropPlan),
+        caption source read, KEY.neg.txt's lines or None, the live teacher's view of the image or None) of one
+        sample, or _skipped(reason, failed_at): failed_at "URL@BYTE" names a remote read that failed after its
+        retries; `wanted`: the caption source this visit asks for."""
         path = self.shard_paths[source][shard]
         opened = self.cache.get(path)
         if isinstance(opened, Exception):
             failed = _failed_at(opened) if isinstance(opened, remote.RemoteReadError) else None
-            return None, UNREADABLE_SHARD, failed, None, None
+            return _skipped(UNREADABLE_SHARD, failed)
         handle, tar_index = opened
         if index >= len(tar_index.samples):
             if tar_index.read_error:  # the header scan stopped there: the rest of the shard is unread
-                return None, READ_ERROR, _failed_at(tar_index.read_error), None, None
-            return None, MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE, None, None, None
+                return _skipped(READ_ERROR, _failed_at(tar_index.read_error))
+            return _skipped(MISSING_IN_TAR if tar_index.truncated else MISSING_SAMPLE)
         entry = tar_index.samples[index]
         ext = next((e for e in IMAGE_EXTS if e in entry.members), None)
         if ext is None:
-            return None, MISSING_IMAGE, None, None, None
+            return _skipped(MISSING_IMAGE)
         try:
             member = _sample_bytes(handle, entry)
         except remote.RemoteReadError as e:
-            return None, READ_ERROR, _failed_at(e), None, None
+            return _skipped(READ_ERROR, _failed_at(e))
         except OSError:
-            return None, READ_ERROR, None, None, None
+            return _skipped(READ_ERROR)
         captions, read_from = self._captions(member, entry, source, wanted)
         if not captions:
-            return None, MISSING_CAPTION, None, None, None
+            return _skipped(MISSING_CAPTION)
         negatives = None
         if self.hard_negatives:
             negatives = _lines(member(HARD_NEGATIVES)) if HARD_NEGATIVES in entry.members else []
             if not negatives:
-                return None, MISSING_NEGATIVES, None, None, None
+                return _skipped(MISSING_NEGATIVES)
         image_bytes = member(ext)
         # Per-visit randomness keyed by the global position: same crop and caption whatever the
         # worker, rank or resume point; a new choice in every epoch (new position).
         rng = hashing.rng(self.seed, hashing.SAMPLE_AUGMENT, position)
         chosen = [(c, captions[c]) for c in caption_choice(len(captions), self.captions_per_sample, rng)]
         try:
-            image = train_image(image_bytes, ext, self.image_size, rng, self.crop_scale, self.hflip)
+            prepare = plan_image if self.decode == "gpu" else train_image  # gpu: the same draws, decoded later
+            image = prepare(image_bytes, ext, self.image_size, rng, self.crop_scale, self.hflip)
+            view = self.teacher.view(image_bytes) if self.teacher is not None else None
         except DecodeError:
-            return None, CORRUPT_IMAGE, None, None, None
-        return entry.key, chosen, image, read_from, negatives
+            return _skipped(CORRUPT_IMAGE)
+        return entry.key, chosen, image, read_from, negatives, view
 
     def _vectors(self, source: int, shard: int, key: str, chosen) -> Optional[List[np.ndarray]]:
         stored = self.vectors.get(self.vector_paths[source][shard])
@@ -197,12 +213,12 @@ class BatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, request: BatchRequest) -> Dict:
         size = self.image_size
-        images = np.empty((len(request.items), 3, size, size), dtype=np.uint8)
+        images = ImageRows(len(request.items), size, self.decode)
         keys, ids, captions, caption_index, vectors, skipped, fallbacks = [], [], [], [], [], Counter(), Counter()
-        failed_reads, negatives, padded = Counter(), [], 0
+        failed_reads, negatives, padded, teacher_parts = Counter(), [], 0, []
         wanted = self.caption_weights.choose(self.seed, request.items[:, 0])
         for (position, source, shard, index), asked in zip(request.items.tolist(), wanted):
-            key, chosen_or_reason, image, read_from, lines = self.load(position, source, shard, index, asked)
+            key, chosen_or_reason, image, read_from, lines, view = self.load(position, source, shard, index, asked)
             if key is None:
                 skipped[chosen_or_reason] += 1
                 if image is not None:  # a remote read that failed after its retries: "URL@BYTE"
@@ -210,13 +226,16 @@ class BatchDataset(torch.utils.data.Dataset):
                 continue
             if read_from != asked:
                 fallbacks[asked] += 1
-            if self.vector_paths is not None:
-                rows = self._vectors(source, shard, key, chosen_or_reason)
-                if rows is None:
-                    skipped[MISSING_VECTOR] += 1
-                    continue
-                vectors.extend(rows)
-            images[len(keys)] = image
+            rows = self._vectors(source, shard, key, chosen_or_reason) if self.vector_paths is not None else []
+            part = None if self.teacher is None else \
+                self.teacher.sample(source, shard, key, [c for c, _ in chosen_or_reason], view)
+            if rows is None or (self.teacher is not None and part is None):
+                skipped[MISSING_VECTOR] += 1
+                continue
+            vectors.extend(rows)
+            if self.teacher is not None:
+                teacher_parts.append(part)
+            images.add(image)
             keys.append(key)
             ids.append(sample_id(self.source_roots[source], key))
             captions.extend(caption for _, caption in chosen_or_reason)
@@ -224,7 +243,7 @@ class BatchDataset(torch.utils.data.Dataset):
             if lines is not None:
                 negatives.extend(pick_negatives(lines, self.hard_negatives))
                 padded += len(lines) < self.hard_negatives
-        out = {"images": torch.from_numpy(images[:len(keys)]), "keys": keys, "skipped": dict(skipped),
+        out = {**images.fields(), "keys": keys, "skipped": dict(skipped),
                "caption_fallbacks": dict(fallbacks), "failed_reads": dict(failed_reads),
                "sample_ids": torch.tensor(ids, dtype=torch.int64),
                "caption_index": torch.tensor(caption_index, dtype=torch.int64).view(len(keys), self.captions_per_sample),
@@ -233,6 +252,8 @@ class BatchDataset(torch.utils.data.Dataset):
             out["text_vectors"] = torch.from_numpy(np.stack(vectors)) if vectors else torch.zeros(0, self.vector_dim)
         else:
             out["tokens"] = (self.tokenizer(captions) if captions else self._no_tokens()).long()
+        if self.teacher is not None:
+            out.update(self.teacher.collate(teacher_parts, captions))
         if self.hard_negatives:  # image-major like the captions: row i*K + j is image i's negative j
             tokens = (self.tokenizer(negatives) if negatives else self._no_tokens()).long()
             out["neg_tokens"] = tokens.view(len(keys), self.hard_negatives, tokens.shape[-1])

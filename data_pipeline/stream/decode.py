@@ -29,16 +29,20 @@ class DecodeError(ValueError):
     """The bytes are not a decodable image."""
 
 
+def reduced_scale(height: int, width: int, min_short_side: int) -> dict:
+    """simplejpeg's keywords for a height x width JPEG: the smallest libjpeg scale that keeps the shorter side
+    >= min_short_side when that is under 1/2 of it ({} = decode at full size)."""
+    scale = min_short_side / max(1, min(height, width))
+    if not min_short_side or scale >= 0.5:
+        return {}
+    return {"min_height": math.ceil(height * scale), "min_width": math.ceil(width * scale)}
+
+
 def decode_rgb(data: bytes, ext: str, min_short_side: int = 0) -> np.ndarray:
     """HxWx3 uint8 RGB; JPEGs decoded at the smallest libjpeg scale that keeps the shorter side >= min_short_side."""
     if ext in ("jpg", "jpeg"):
         try:
-            kwargs = {}
-            if min_short_side:
-                h, w = simplejpeg.decode_jpeg_header(data)[:2]
-                scale = min_short_side / max(1, min(h, w))
-                if scale < 0.5:
-                    kwargs = {"min_height": math.ceil(h * scale), "min_width": math.ceil(w * scale)}
+            kwargs = reduced_scale(*simplejpeg.decode_jpeg_header(data)[:2], min_short_side) if min_short_side else {}
             return simplejpeg.decode_jpeg(data, colorspace="RGB", **kwargs)
         except ValueError:
             pass  # e.g. CMYK or an unusual JPEG: let Pillow try before calling it corrupt

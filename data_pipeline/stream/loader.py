@@ -3,12 +3,14 @@
     loader = build_train_loader(cfg.data, seed=0, global_batch_size=256, rank=r, world_size=w,
                                 image_size=224, tokenizer=tok, state=ckpt.get("loader"))
     for batch in loader:          # the rest of the current epoch; a new `for` starts the next one
-        batch["images"]           # uint8 [b, 3, 224, 224]   (b = B / world, fewer when samples were bad)
+        batch["images"]           # uint8 [b, 3, 224, 224]   (b = B / world, fewer when samples were bad); on
+                                  # `device` with data.decode=gpu (decoded there), else on the CPU (pinned for CUDA)
         batch["tokens"]           # int64 [b*K, L] (K = data.captions_per_sample; image-major)
         batch["text_vectors"]     # instead of tokens, with text_store: float32 [b*K, D] stored tower outputs
         batch["sample_ids"]       # int64 [b]: equal for the same image seen twice (the loss's positives)
         batch["caption_index"]    # int64 [b, K]: which lines of KEY.txt (of the visit's caption source)
         batch["neg_tokens"]       # data.hard_negatives H > 0: int64 [b, H, L], each image's KEY.neg.txt lines
+        batch["teacher_*"]        # with teacher: a distillation teacher's inputs or stored outputs (stream/teacher.py)
         loader.negatives_padded   # samples whose KEY.neg.txt had fewer than H lines (cycled)
         loader.counters, loader.caption_fallbacks   # skipped samples per reason; KEY.txt read instead of a source
         loader.failed_reads       # {"URL@BYTE": samples skipped}: remote reads that failed after their retries
@@ -22,7 +24,7 @@ them in order: the batch sequence is deterministic for any worker count.
 import os
 import signal
 import sys
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -31,8 +33,10 @@ from clipforge.data_pipeline import embeddings
 from clipforge.data_pipeline.config import DataConfig, DataConfigError
 from clipforge.data_pipeline.shards import ShardError, open_shards, txt_holds_first_caption
 from clipforge.data_pipeline.stream import caption_sources, hard_negatives
-from clipforge.data_pipeline.stream.dataset import BatchDataset
+from clipforge.data_pipeline.stream.dataset import CORRUPT_IMAGE, BatchDataset
+from clipforge.data_pipeline.stream.device_decode import ENCODED, decode_on_device
 from clipforge.data_pipeline.stream.plan import SamplePlan
+from clipforge.data_pipeline.stream.teacher import TeacherInputs, TeacherReader
 
 STATE_FORMAT = "clipforge-loader"
 
@@ -57,8 +61,8 @@ def _passthrough(batch):
 
 class TrainLoader:
     def __init__(self, plan: SamplePlan, dataset: BatchDataset, data_cfg: DataConfig, *, rank: int,
-                 world_size: int, identity: Dict):
-        self.plan, self.rank, self.world_size = plan, rank, world_size
+                 world_size: int, identity: Dict, device: torch.device = torch.device("cpu")):
+        self.plan, self.rank, self.world_size, self.device = plan, rank, world_size, device
         self._identity = identity  # what a saved state must match to be resumable here
         self._state = plan.initial_state()
         self.counters: Dict[str, int] = {}  # skipped samples per reason: the trainer logs them, checkpoints keep them
@@ -74,10 +78,14 @@ class TrainLoader:
         self._negatives = data_cfg.hard_negatives > 0
         self._sampler = _PlanSampler()
         workers = data_cfg.workers
+        # Each pass draws its workers' base seed from `generator` (unused: a sample's randomness is keyed by its
+        # position), not from torch's global RNG: the trainer's dropout / patch-dropout masks come from that one
+        # and are checkpointed, and a resumed run starts a pass where the uninterrupted run was mid-pass.
         self._loader = torch.utils.data.DataLoader(
             dataset, sampler=self._sampler, batch_size=None, collate_fn=_passthrough, num_workers=workers,
             persistent_workers=workers > 0, prefetch_factor=data_cfg.prefetch if workers > 0 else None,
-            worker_init_fn=_detach_from_stop_signals)
+            worker_init_fn=_detach_from_stop_signals, generator=torch.Generator().manual_seed(0),
+            pin_memory=device.type == "cuda")  # page-locked batches: the trainer's non_blocking copies overlap
 
     @property
     def samples_per_epoch(self) -> int:
@@ -113,8 +121,13 @@ class TrainLoader:
                 self.failed_reads[where] = self.failed_reads.get(where, 0) + n
             self.negatives_padded += out.get("negatives_padded", 0)
             self._state = out["request"].state_after
-            yield {k: v for k, v in out.items()
-                   if k not in ("skipped", "caption_fallbacks", "failed_reads", "request", "negatives_padded")}
+            batch = {k: v for k, v in out.items()
+                     if k not in ("skipped", "caption_fallbacks", "failed_reads", "request", "negatives_padded")}
+            if ENCODED in batch:  # data.decode=gpu: decoded here, on the device, in one batch
+                batch, unreadable = decode_on_device(batch, self.device)
+                if unreadable:
+                    self.counters[CORRUPT_IMAGE] = self.counters.get(CORRUPT_IMAGE, 0) + unreadable
+            yield batch
 
     def state_dict(self) -> Dict:
         state = {"format": STATE_FORMAT, "version": 1, **self._identity, "epoch": self.epoch,
@@ -148,10 +161,14 @@ class TrainLoader:
 
 def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: int, rank: int, world_size: int,
                        image_size: int, tokenizer: Callable[[List[str]], torch.Tensor], state: Optional[Dict] = None,
-                       drop_last: bool = True, text_store: Optional[Tuple[str, Dict]] = None) -> TrainLoader:
+                       drop_last: bool = True, text_store: Optional[Tuple[str, Dict]] = None,
+                       teacher: Optional[TeacherInputs] = None, device: Union[str, torch.device] = "cpu") -> TrainLoader:
     """The train loader of one rank. Opens (and checks) every shard path before starting anything.
     text_store: (name, model identity) of stored text embeddings beside every source (checked against
-    the shards and the model: embeddings.StaleEmbeddings), read instead of tokenising the captions."""
+    the shards and the model: embeddings.StaleEmbeddings), read instead of tokenising the captions.
+    teacher: what a distillation teacher needs per sample (its store is checked like text_store's).
+    device: where the trainer takes the batches: a CUDA device pins them (non-blocking copies), and with
+    data.decode=gpu the images are decoded there (any device: "cpu" runs the same device code, for tests)."""
     data_cfg.validate()
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} is outside world_size={world_size}")
@@ -179,13 +196,14 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
             vector_dim = embeddings.check_store(source.path, name, model, tars)["dim"]
             vector_paths.append(embeddings.shard_files(source.path, name, tars))
     dataset = BatchDataset([[s.path for s in shard_set.shards] for shard_set in shard_sets], seed=seed,
+                           teacher=_teacher_reader(teacher, data_cfg, shard_sets),
                            image_size=image_size, tokenizer=tokenizer,
                            source_roots=[embeddings.dataset_root(s.path) for s in data_cfg.sources],
                            captions_per_sample=data_cfg.captions_per_sample, vector_paths=vector_paths, vector_dim=vector_dim,
                            json_caption_sources=[i for i, s in enumerate(shard_sets) if txt_holds_first_caption(s)],
                            crop_scale=data_cfg.crop_scale, hflip=data_cfg.hflip,
                            caption_weights=caption_sources.CaptionWeights.of(data_cfg.caption_weights),
-                           hard_negatives=data_cfg.hard_negatives)
+                           hard_negatives=data_cfg.hard_negatives, decode=data_cfg.decode)
     identity = {"mode": data_cfg.mode, "seed": seed, "global_batch_size": global_batch_size,
                 "drop_last": drop_last, "shuffle_window": data_cfg.shuffle_window,
                 "samples_per_source": [shard_set.num_samples for shard_set in shard_sets],
@@ -196,10 +214,24 @@ def build_train_loader(data_cfg: DataConfig, *, seed: int, global_batch_size: in
         identity["hard_negatives"] = data_cfg.hard_negatives
     if data_cfg.caption_weights is not None:  # absent when unset, for the same reason
         identity["caption_weights"] = {name: float(w) for name, w in sorted(data_cfg.caption_weights.items())}
-    loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size, identity=identity)
+    loader = TrainLoader(plan, dataset, data_cfg, rank=rank, world_size=world_size, identity=identity,
+                         device=torch.device(device))
     if state is not None:
         loader.load_state_dict(state)
     return loader
+
+
+def _teacher_reader(teacher: Optional[TeacherInputs], data_cfg: DataConfig, shard_sets) -> Optional[TeacherReader]:
+    """The loader workers' TeacherReader; a stored teacher's store is checked against every source first."""
+    if teacher is None or teacher.store is None:
+        return None if teacher is None else TeacherReader(teacher)
+    name, model = teacher.store
+    paths, dim = [], 0
+    for source, shard_set in zip(data_cfg.sources, shard_sets):
+        tars = [s.name for s in shard_set.shards]
+        dim = embeddings.check_store(source.path, name, model, tars, fix=teacher.fix)["dim"]
+        paths.append(embeddings.shard_files(source.path, name, tars))
+    return TeacherReader(teacher, paths, dim)
 
 
 def _detach_from_stop_signals(worker_id: int) -> None:

@@ -3,7 +3,7 @@
 The CUDA figures themselves are only measured on a GPU machine (bench/gpu.py writes them)."""
 import pytest
 
-from bench.common import section, with_section
+from bench.common import fmt, section, with_section
 from bench.gpu import largest_batch, measure, render, rows
 
 
@@ -46,12 +46,25 @@ def test_cpu_logic_check_reports_numbers(cpu_run):
         assert r["tiled_status"] == "ok" and r["naive_status"] == "ok" and r["tiled_s"] > 0
 
 
+def test_the_loader_runs_both_decodes_over_whole_epochs(cpu_run):
+    # on CPU the device path decodes on the CPU (data.decode=gpu with device "cpu"): the same code as on CUDA
+    assert [r["decode"] for r in cpu_run["loader"]] == ["cpu", "gpu"]
+    for r in cpu_run["loader"]:
+        assert r["samples"] == 96 and r["workers"] == 1 and r["batch"] == 32
+        assert r["samples_per_s"] == pytest.approx(r["samples"] / r["seconds"])
+
+
 def test_rows_are_labelled_and_section_renders(cpu_run):
     out = rows(cpu_run)
-    assert [r["name"] for r in out] == ["gpu-train", "gpu-loss"]
+    assert [r["name"] for r in out] == ["gpu-train", "gpu-loss", "gpu-loader"]
     assert all("CPU logic check" in r["metric"] for r in out)
     assert out[1]["ratio"] == pytest.approx(out[1]["peer_value"] / out[1]["clipforge"])
+    gpu, cpu = cpu_run["loader"][1]["samples_per_s"], cpu_run["loader"][0]["samples_per_s"]
+    assert (out[2]["clipforge"], out[2]["peer_value"]) == (gpu, cpu) and out[2]["ratio"] == pytest.approx(gpu / cpu)
+    trainer = cpu_run["train"][0]["samples_per_s"]
+    assert out[2]["notes"].endswith("goal loader >= trainer " + ("met" if gpu >= trainer else "not met"))
     body = render(cpu_run)
     assert "| tiny-vit | 16 |" in body and "| 1,024 |" in body
+    assert f"| gpu | 1 | 32 | {fmt(gpu)} | {gpu / trainer:.2f}x |" in body
     text = with_section("# clipforge benchmarks\n", "gpu", body)
     assert section(text, "gpu").strip() == body.strip()

@@ -17,7 +17,7 @@ from PIL import Image
 from clipforge.data_pipeline.curate.cli import main as curate_main
 from clipforge.data_pipeline.shards import decode_sample, index_tar, open_shards
 from clipforge.eval.cli import main as eval_main
-from clipforge.eval.load_model import load_model
+from clipforge.modeling.load_model import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 

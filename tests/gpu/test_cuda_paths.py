@@ -3,7 +3,8 @@
 World size 1 (NCCL), the tiny open_clip model (configs/models/tiny-vit.json), in-memory synthetic batches
 (tests/pretrain/synthetic.py) fed to clipforge's real trainer (pretrain.run.run, as tests/pretrain/ds_worker.py
 does on CPU). Every run of a module runs in this one process, in file order: ZeRO-3 patches
-torch.nn.functional.linear process-wide, so the bit-for-bit resume test comes before the first ZeRO-3 run.
+torch.nn.functional.linear process-wide, so the bit-for-bit resume test comes before the first ZeRO-3 run. The
+data.decode=gpu tests (3b) read real shards of tests/data_pipeline/photos.py's JPEGs through the real loader.
 
 Figures the tests measure (peak memory, MFU, losses, eval metrics) are written as JSON under
 $GPU_CHECK_OUT/gpu-tests/ (the gpu_out fixture), so the kit's one output folder carries them back.
@@ -123,7 +124,7 @@ def test_exported_model_embeds_the_same_under_autocast_and_fp32_on_cuda(exported
     import torch
     import torch.nn.functional as F
     from clipforge.eval.embed import autocast_for
-    from clipforge.eval.load_model import load_model
+    from clipforge.modeling.load_model import load_model
     from tests.pretrain.synthetic import SyntheticLoader
 
     m = load_model(exported)
@@ -171,6 +172,82 @@ def test_tiled_loss_at_262144_runs_on_cuda_and_reports_its_memory(gpu_out):
     assert row["tiled_status"] == "ok" and row["tiled_s"] > 0
     # the naive loss's logits alone would be 262144^2 fp32 = 256 GiB; the tiled one stays far below that
     assert 0 < row["tiled_extra_bytes"] < 16 * 2 ** 30
+
+
+# -- 3b. data.decode=gpu: nvjpeg against the CPU path, pinned batches, a training on decoded batches --------------
+
+# (mean, p99) |diff| in grey levels, device path on CUDA vs the CPU path (decode.train_image), set before a GPU
+# measured them (gpu-tests/device_decode.json records the figures): nvjpeg's IDCT and chroma upsampling may differ
+# from libjpeg-turbo's. For scale: on CPU (libjpeg-turbo in nvjpeg's place) the device path is within 1 level
+# without DCT scaling, and the CPU path itself is mean 1.5 / p99 10 from open_clip's Pillow transform.
+NVJPEG_TOL = {"full-size decode": (2.0, 16), "dct-scaled": (4.0, 40)}
+
+
+def test_nvjpeg_decode_gives_the_cpu_paths_pixels_within_tolerance(gpu_out):
+    import numpy as np
+    from tests.data_pipeline.photos import both_paths, grey_level_diff, photo_jpeg
+
+    cases = {"256x341 -> 224": (256, 341, 224, 90, "full-size decode"),
+             "256x341 -> 224, 4:4:4": (256, 341, 224, 98, "full-size decode"),
+             "375x500 -> 224 (area)": (375, 500, 224, 90, "full-size decode"),
+             "256x341 -> 64": (256, 341, 64, 90, "dct-scaled")}
+    figures = {}
+    for name, (height, width, size, quality, kind) in cases.items():
+        datas = [photo_jpeg(seed, height, width, quality=quality) for seed in range(16)]
+        device, cpu, _ = both_paths(datas, size, hflip=True, device="cuda")
+        diff = grey_level_diff(device, cpu)
+        figures[name] = {"kind": kind, "mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)),
+                         "max": int(diff.max())}
+    _record(gpu_out, "device_decode", {"figures": figures, "tolerance_mean_p99": NVJPEG_TOL})
+    for name, f in figures.items():
+        mean, p99 = NVJPEG_TOL[f["kind"]]
+        assert f["mean"] < mean and f["p99"] < p99, (name, f)
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory):
+    from tests.data_pipeline.photos import corrupt_body, photo_jpeg, write_shards
+    samples = [(f"k{i:03d}", photo_jpeg(i, 64, 80), "jpg") for i in range(31)]
+    samples.append(("unreadable", corrupt_body(photo_jpeg(99, 64, 80)), "jpg"))  # no decoder reads it
+    return write_shards(tmp_path_factory.mktemp("photos") / "shards", samples)
+
+
+def test_the_loader_pins_cpu_batches_and_decodes_gpu_ones_on_cuda(photo_shards, gpu_out):
+    import open_clip
+    from clipforge.data_pipeline.config import DataConfig, SourceConfig
+    from clipforge.data_pipeline.stream import build_train_loader
+    from tests.data_pipeline.photos import grey_level_diff
+
+    out = {}
+    for decode in ("cpu", "gpu"):
+        cfg = DataConfig(sources=[SourceConfig(photo_shards)], workers=1, decode=decode, hflip=True)
+        loader = build_train_loader(cfg, seed=0, global_batch_size=8, rank=0, world_size=1, image_size=64,
+                                    tokenizer=open_clip.get_tokenizer("ViT-B-32"), device="cuda")
+        out[decode] = ([batch for batch in loader], dict(loader.counters))
+    (cpu, cpu_counts), (gpu, gpu_counts) = out["cpu"], out["gpu"]
+    assert all(b["images"].is_pinned() and b["tokens"].is_pinned() for b in cpu)  # non_blocking copies overlap
+    assert all(b["images"].is_cuda for b in gpu)
+    assert [b["keys"] for b in cpu] == [b["keys"] for b in gpu]
+    assert cpu_counts == gpu_counts == {"corrupt_image": 1}  # nvjpeg and libjpeg-turbo on the CPU both refused it
+    largest = max(int(grey_level_diff(a["images"], b["images"].cpu()).max()) for a, b in zip(cpu, gpu))
+    _record(gpu_out, "device_decode_loader", {"max_abs_diff": largest})
+    assert largest <= NVJPEG_TOL["full-size decode"][1]
+
+
+def test_trains_on_batches_decoded_on_cuda(photo_shards, tmp_path, gpu_out):
+    from clipforge.modeling.config import load_config
+    from clipforge.pretrain.run import run
+
+    run_dir = str(tmp_path / "decode_gpu")
+    cfg = load_config(None, [f"model.name={TINY_MODEL}", f"data.sources=[{{path: '{photo_shards}'}}]",
+                             "data.decode=gpu", "data.workers=1", "train.steps=3", "train.global_batch_size=8",
+                             "train.log_every=1", f"train.run_dir={run_dir}", "train.device=cuda",
+                             "deepspeed.zero_stage=2", "deepspeed.precision=bf16", "checkpoint.every_steps=1000",
+                             "checkpoint.export_at_end=false", "checkpoint.keep_last=1"])
+    assert run(cfg) == 0
+    rows = _rows(run_dir)
+    _record(gpu_out, "train_decode_gpu", {"rows": rows})
+    assert len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
 
 
 # -- 4. bf16 / fp16 at ZeRO 0/2/3: finite, falling, MFU and peak memory logged (ZeRO-3 last) -----------------

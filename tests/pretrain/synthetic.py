@@ -33,4 +33,4 @@ class SyntheticLoader:
 
 def synthetic_factory(cfg, dist, bundle, state):
     return SyntheticLoader(cfg.train.seed, cfg.train.global_batch_size, dist.rank, dist.world_size,
-                           bundle.image_size, bundle.model_cfg["text_cfg"]["context_length"], state=state)
+                           bundle.image_size, bundle.tokenizer.context_length, state=state)

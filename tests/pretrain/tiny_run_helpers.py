@@ -10,12 +10,13 @@ REPO = HERE.parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
-def run_tiny(out: Path, runs: list, timeout: int = 600) -> dict:
-    """Run the trainings `runs` (tiny_runs.py's SPEC entries) one after another in one child process;
-    returns {name: report} (exit code, checkpoint calls, vision token counts)."""
+def run_tiny(out: Path, runs: list, timeout: int = 600, nproc: int = 1) -> dict:
+    """Run the trainings `runs` (tiny_runs.py's SPEC entries) one after another in one child process (nproc > 1:
+    one torchrun of that many gloo ranks); returns {name: report} (exit code, checkpoint calls, vision token counts)."""
     spec = out / "spec.json"
     spec.write_text(json.dumps({"out": str(out), "runs": runs}))
-    proc = subprocess.run([sys.executable, str(HERE / "tiny_runs.py"), str(spec)], env=ENV, cwd=REPO,
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    proc = subprocess.run([sys.executable, *torchrun, str(HERE / "tiny_runs.py"), str(spec)], env=ENV, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     (out / "tiny_runs.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, f"tiny_runs.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

@@ -4,6 +4,7 @@ test_checkpoint_every_minutes.py). In a child, not in pytest's own process: pret
 group and sets RANK/WORLD_SIZE in os.environ, which must not leak into other tests.
 
     python tiny_runs.py SPEC.json
+    torchrun --standalone --nproc_per_node=2 tiny_runs.py SPEC.json    # every rank runs them; rank 0 writes the reports
 
 SPEC: {"out": DIR, "runs": [{"name": str, "overrides": [dotted.key=value, ...],
                              "data": "synthetic" (tests/pretrain/synthetic.py) | "stream" (the real loader),
@@ -13,12 +14,15 @@ SPEC: {"out": DIR, "runs": [{"name": str, "overrides": [dotted.key=value, ...],
                                          (to half)}] (optional: done to existing files before the run),
                              "enospc_at_write": k (optional: the k-th torch.save into a checkpoint being written
                                                 writes half its bytes, then raises OSError ENOSPC),
-                             "nan_at_calls": [n, ...] (optional: those loss calls, counted from 1, return NaN)}]}
+                             "nan_at_calls": [n, ...] (optional: those loss calls, counted from 1, return NaN),
+                             "drop_checkpoints": true (optional: the run's checkpoints are deleted after it, so that
+                                                 many runs do not fill a small disk)}]}
 Each run writes DIR/<name>/ (metrics.jsonl, checkpoints/, ...) and DIR/<name>.json: exit code, the number of
 open_clip activation-checkpoint calls, and the sequence lengths the vision transformer saw in training mode.
 """
 import json
 import os
+import shutil
 import sys
 import types
 
@@ -100,6 +104,8 @@ def one_run(out: str, spec: dict) -> dict:
         open_clip.transformer.checkpoint = real_checkpoint
         open_clip.transformer.Transformer.forward = real_forward
         checkpoint_module.time = real_time
+    if spec.get("drop_checkpoints") and os.environ.get("RANK", "0") == "0":
+        shutil.rmtree(os.path.join(run_dir, "checkpoints"))
     return report
 
 
@@ -108,8 +114,9 @@ def main(spec_file: str) -> None:
         spec = json.load(f)
     for one in spec["runs"]:
         report = one_run(spec["out"], one)
-        with open(os.path.join(spec["out"], one["name"] + ".json"), "w") as f:
-            json.dump(report, f)
+        if os.environ.get("RANK", "0") == "0":
+            with open(os.path.join(spec["out"], one["name"] + ".json"), "w") as f:
+                json.dump(report, f)
 
 
 if __name__ == "__main__":

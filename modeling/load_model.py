@@ -72,7 +72,7 @@ def _model_cfg(path: str, model_config: Optional[str]) -> Dict[str, Any]:
         return resolve_model_config(sibling)
     run_cfg = _run_config_for(path)
     if run_cfg is not None:
-        return final_model_config(run_cfg.model, run_cfg.loss)
+        return final_model_config(run_cfg.model, run_cfg.loss, run_cfg.train.stages)
     raise ModelLoadError(f"--model {path}: weights without a model config; pass --model-config NAME_OR_JSON "
                          "(e.g. ViT-B-32 or configs/models/tiny-vit.json) or keep the run's config.yaml / export/")
 
