@@ -1,4 +1,7 @@
 """Run-config loading: recipes validate, overrides apply, every error is one line naming the key."""
+import json
+from pathlib import Path
+
 import pytest
 
 from clipforge.modeling.config import ConfigError, check_batch_split, load_config, save_config
@@ -73,3 +76,27 @@ def test_batch_split_counts_micro_batches_and_refuses_remainders():
     assert check_batch_split(cfg, world_size=2) == 4
     with pytest.raises(ConfigError, match="not a multiple"):
         check_batch_split(load_config(str(CONFIGS / "demo-cpu.yaml"), ["train.global_batch_size=100"]), world_size=3)
+
+
+def test_the_gpu_recipe_combines_the_2025_recipe_pieces(tmp_path):
+    """configs/vit-b-16-clipa-distill.yaml (#16): CLIPA stages, distillation from stored embeddings, layer decay,
+    EMA, compile, ZeRO-2 -- it validates (the teacher, a path on the user's cluster, is given here), and its
+    stages resolve against open_clip's own ViT-B-16 config as the preflight does before anything starts."""
+    import open_clip
+
+    from clipforge.modeling.stages import resolve_stages
+    from clipforge.pretrain.preflight import check_stages
+
+    cfg = load_config(str(CONFIGS / "vit-b-16-clipa-distill.yaml"), [f"loss.distill.teacher={tmp_path}"])
+    assert cfg.model.name == "ViT-B-16" and cfg.deepspeed.zero_stage == 2 and cfg.deepspeed.precision == "bf16"
+    assert cfg.loss.distill.stored and cfg.loss.distill.teacher == str(tmp_path)
+    assert cfg.optim.layer_decay_image and cfg.optim.layer_decay_text and cfg.model.ema_decay
+    assert cfg.train.compile and cfg.data.decode == "gpu"
+    check_stages(cfg)
+    model_cfg = json.loads((Path(open_clip.__file__).parent / "model_configs" / "ViT-B-16.json").read_text())
+    stages = resolve_stages(cfg.train.stages, model_cfg, cfg.model)
+    assert [(s.start, s.end, s.image_size, s.context_length) for s in stages] == [
+        (0, 54000, 112, 32), (54000, 60000, 224, 77)]
+    assert stages[-1].end == cfg.train.steps
+    with pytest.raises(ConfigError, match="loss.distill.teacher"):   # no teacher here: refused before anything runs
+        load_config(str(CONFIGS / "vit-b-16-clipa-distill.yaml"))
