@@ -22,7 +22,8 @@ def compile_rates(quick: bool, out: str, clipforge, model: str) -> dict:
         res["eager"].append(clipforge(model, batch, steps, warmup, 2, f"{out}/ce-{round_}"))
         res["compiled"].append(clipforge(model, batch, steps, warmup, 2, f"{out}/cc-{round_}",
                                          overrides=["train.compile=true"]))
-        res.setdefault("compile_s", _compile_s(f"{out}/cc-{round_}"))
+        if round_ == 0:  # later rounds reuse the code compiled in this process
+            res["compile_s"] = _compile_s(f"{out}/cc-0")
     return res
 
 
