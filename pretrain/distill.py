@@ -51,7 +51,9 @@ def setup_distillation(cfg, device: torch.device) -> Optional[Distillation]:
     d = cfg.loss.distill
     if d.teacher is None:
         return None
-    teacher = Teacher.load(d.teacher, device)
+    # Stored: only the identity is needed, so the teacher is loaded and hashed where its weights are read (the
+    # hash reads every tensor on the CPU): a GPU copy would be made only to be copied back and dropped.
+    teacher = Teacher.load(d.teacher, torch.device("cpu") if d.stored else device)
     scale = 1.0 / d.temperature if d.temperature is not None else teacher.identity["logit_scale"]
     if not d.stored:
         inputs = TeacherInputs(view=teacher.view, tokenizer=teacher.tokenizer, image_size=teacher.image_size)

@@ -11,9 +11,10 @@ from clipforge.data_pipeline import remote
 from clipforge.data_pipeline.convert.merge import VERSION
 from clipforge.data_pipeline.embeddings import dataset_root
 from clipforge.data_pipeline.shards import ShardSet, open_shards
+from .clusters import cluster_ids
 from .dedup import NearDuplicates, load_embeddings
 from .filters import Fate, Filter, sample_filters
-from .options import CurateOptions
+from .options import CurateError, CurateOptions
 from .samples import Sample, input_keys, read_samples
 from .scores import score_fates
 from .writer import FateTable, ShardsOut, check_out_dir, write_json
@@ -37,7 +38,11 @@ def _near_duplicates(options: CurateOptions, keys: List[str]) -> Optional[NearDu
     if not options.embeddings:
         return None
     vectors = load_embeddings(options.embeddings, options.embedding_column, keys)
-    return NearDuplicates(vectors, keys, options.dedup_threshold)
+    if options.dedup_clusters > len(keys):
+        raise CurateError(f"--dedup-clusters {options.dedup_clusters}: more clusters than the {len(keys)} input "
+                          "samples; use fewer (SemDeDup: ~N / 10,000)")
+    clusters = cluster_ids(vectors, options.dedup_clusters, options.dedup_seed)
+    return NearDuplicates(vectors, keys, options.dedup_threshold, clusters)
 
 
 def _decide(window: List[list], dedup: Optional[NearDuplicates]) -> None:
@@ -90,7 +95,8 @@ def curate(source: str, out: str, **options) -> dict:
 
     `options`: any other CurateOptions field (samples_per_shard, min_words, min_image_size, max_aspect_ratio,
     keep_list, remove_list, scores, score_column, min_score, top_fraction, embeddings, embedding_column,
-    dedup_threshold, progress). Raises CurateError / ShardError (one line, names the file or flag) before writing.
+    dedup_threshold, dedup_clusters, dedup_seed, progress). Raises CurateError / ShardError (one line, names the
+    file or flag) before writing.
     """
     options = CurateOptions(source=str(source), out=str(out), **options)
     options.validate()

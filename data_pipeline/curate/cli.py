@@ -3,7 +3,8 @@ every filter; curation.parquet in NEW gives every input sample's fate (see docs/
 
 Filters, in the order they decide a sample's fate (the first that removes it names it): --keep-list,
 --remove-list, --min-words, --min-image-size, --max-aspect-ratio, --min-score, --top-fraction, then near-duplicate
-removal (--embeddings), which compares only the samples that passed all the others.
+removal (--embeddings), which compares only the samples that passed all the others (--dedup-clusters: only
+those of the same k-means cluster).
 """
 import argparse
 import os
@@ -19,6 +20,8 @@ EXAMPLES = """examples:
   clipforge curate runs/demo/shards-train --out curated/ --min-words 3 --min-image-size 64 --max-aspect-ratio 3
   clipforge curate runs/demo/shards-train --out top30/ --scores clip_scores.parquet --top-fraction 0.3
   clipforge curate runs/demo/shards-train --out deduped/ --embeddings image_embeddings.npy --dedup-threshold 0.95
+  clipforge curate runs/demo/shards-train --out semdedup/ --embeddings image_embeddings.npy --dedup-threshold 0.95 \\
+    --dedup-clusters 8
   clipforge curate runs/demo/shards-train --out cleaned/ --remove-list removed_sha256.txt --samples-per-shard 100
 
 --scores: a parquet with 'key' (the shard key) and the score column, a row per input sample (extra rows ignored).

@@ -2,10 +2,11 @@
 
 Greedy in input order: a sample that passed every other filter is removed when its cosine similarity to a sample
 already KEPT is at least the threshold, else it is kept. So the first sample of each near-duplicate group is
-kept, every removed sample names a kept one (its reason), and the result depends on nothing but the input order.
-Exact, O(samples x kept x dim): samples are decided in blocks, each compared with the samples kept before it in one
-float32 matrix product (compared with 1e-6 of slack so that copies reach a threshold of 1.0), then in order within
-the block. SemDeDup's k-means clustering, which makes this sub-quadratic, is not done here.
+kept, every removed sample names a kept one (its reason), and the result depends on nothing but the input order
+(and, with --dedup-clusters, the seeded clusters). Samples are decided in blocks, each compared with the samples
+kept before it in one float32 matrix product (compared with 1e-6 of slack so that copies reach a threshold of 1.0),
+then in order within the block. Without clusters the search is exact, O(samples x kept x dim); with K k-means
+clusters (clusters.py, SemDeDup's) a sample is compared only with the kept samples of its own cluster, ~K x less.
 """
 from typing import List, Optional
 
@@ -56,26 +57,43 @@ def load_embeddings(path: str, column: str, keys: List[str]) -> np.ndarray:
 
 
 class NearDuplicates:
-    def __init__(self, vectors: np.ndarray, keys: List[str], threshold: float):
+    def __init__(self, vectors: np.ndarray, keys: List[str], threshold: float, clusters: Optional[np.ndarray] = None):
+        """clusters: [samples] cluster of each sample (None: one cluster, the exact search)."""
         self.vectors, self.keys, self.threshold = vectors, keys, threshold
-        self.kept = np.empty_like(vectors)  # rows 0..count-1: the kept samples' vectors, in order
-        self.kept_index: List[int] = []
+        self.clusters = np.zeros(len(vectors), np.int64) if clusters is None else clusters
+        sizes = np.bincount(self.clusters, minlength=1)
+        # per cluster, rows 0..kept_count-1: its kept samples' vectors and input indices, in order (N x dim in all)
+        self.kept = [np.empty((size, vectors.shape[1]), np.float32) for size in sizes]
+        self.kept_index = [np.empty(size, np.int64) for size in sizes]
+        self.kept_count = np.zeros(len(sizes), np.int64)
 
-    def _nearest_kept(self, block: np.ndarray):
-        """(similarity, input index) of each block row's most similar sample kept before the block."""
-        count = len(self.kept_index)
-        if not count:
-            return np.full(len(block), -np.inf, np.float32), np.zeros(len(block), np.int64)
-        similarities = block @ self.kept[:count].T  # one matrix product: the cost of the whole method
-        nearest = np.argmax(similarities, axis=1)
-        return similarities[np.arange(len(block)), nearest], np.asarray(self.kept_index)[nearest]
+    def _nearest_kept(self, block: np.ndarray, block_clusters: np.ndarray):
+        """(similarity, input index) of each block row's most similar sample kept, in its cluster, before the block."""
+        best, twin = np.full(len(block), -np.inf, np.float32), np.zeros(len(block), np.int64)
+        for cluster in np.unique(block_clusters):
+            count = self.kept_count[cluster]
+            if not count:
+                continue
+            rows = np.flatnonzero(block_clusters == cluster)
+            similarities = block[rows] @ self.kept[cluster][:count].T  # the cost of the whole method
+            nearest = np.argmax(similarities, axis=1)
+            best[rows] = similarities[np.arange(len(rows)), nearest]
+            twin[rows] = self.kept_index[cluster][nearest]
+        return best, twin
+
+    def _keep(self, index: int, vector: np.ndarray) -> None:
+        cluster = self.clusters[index]
+        count = self.kept_count[cluster]
+        self.kept[cluster][count], self.kept_index[cluster][count] = vector, index
+        self.kept_count[cluster] += 1
 
     def check_block(self, indices: List[int]) -> List[Optional[Fate]]:
         """The fates of consecutive samples the other filters kept (input indices, in order): each is compared
-        with every sample kept before it, those kept earlier in this block included; None = kept."""
-        block = self.vectors[indices]
-        best, twin = self._nearest_kept(block)
+        with every sample of its cluster kept before it, those kept earlier in this block included; None = kept."""
+        block, block_clusters = self.vectors[indices], self.clusters[indices]
+        best, twin = self._nearest_kept(block, block_clusters)
         within = block @ block.T
+        within[block_clusters[:, None] != block_clusters[None, :]] = -np.inf  # other clusters are never compared
         fates: List[Optional[Fate]] = []
         kept_here: List[int] = []  # positions in the block
         for position, index in enumerate(indices):
@@ -90,7 +108,6 @@ class NearDuplicates:
                 continue
             fates.append(None)
             kept_here.append(position)
-        count = len(self.kept_index)
-        self.kept[count:count + len(kept_here)] = block[kept_here]
-        self.kept_index += [indices[position] for position in kept_here]
+        for position in kept_here:
+            self._keep(indices[position], block[position])
         return fates

@@ -41,6 +41,10 @@ class CurateOptions:
     embedding_column: str = option("embedding", "list column of an --embeddings parquet")
     dedup_threshold: Optional[float] = option(None, "with --embeddings: remove a sample whose cosine similarity to "
                                               "an already kept one is at least this (e.g. 0.95)", type=float)
+    dedup_clusters: int = option(0, "with --dedup-threshold: compare a sample only with the kept samples of its own "
+                                 "spherical k-means cluster (SemDeDup; e.g. 1000 for 10M samples: ~K x faster, "
+                                 "may miss a pair split by a cluster boundary; 0 = compare with all, exact)")
+    dedup_seed: int = option(0, "seed of --dedup-clusters' k-means")
     progress: bool = option(True, "no progress bar", "--no-progress")
 
     def content(self) -> dict:
@@ -64,6 +68,9 @@ class CurateOptions:
              "--scores goes with --min-score and/or --top-fraction (one without the other does nothing)"),
             (bool(self.embeddings) == (self.dedup_threshold is not None),
              "--embeddings goes with --dedup-threshold (one without the other does nothing)"),
+            (self.dedup_clusters >= 0, f"--dedup-clusters {self.dedup_clusters}: must be >= 0 (0 = no clusters)"),
+            (not self.dedup_clusters or self.dedup_threshold is not None,
+             "--dedup-clusters goes with --embeddings and --dedup-threshold (it clusters the embeddings)"),
             (self.dedup_threshold is None or -1 < self.dedup_threshold <= 1,
              f"--dedup-threshold {self.dedup_threshold}: a cosine similarity, in (-1, 1]"),
         ]
