@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(CPU_ENV) $(VENV)/bin/clipforge demo
 
 test: $(STAMP) $(PEERS)/.stamp-test
-	$(CPU_ENV) $(PY) -m pytest -q tests
+	$(CPU_ENV) $(PY) -m pytest -q --durations=25 tests
 
 # Fast unit tests only / the multi-process tests alone.
 test-fast: $(STAMP)
