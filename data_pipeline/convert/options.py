@@ -77,7 +77,7 @@ class ConvertOptions:
                                         "always when none is written; 0 = any rejection fails)")
     workers: int = option(1, "worker processes")
     # Threads per worker that fetch/process items; URL downloads wait on the network, local reads do not.
-    threads: int = option(0, "threads per worker (0: 1 for files; URL downloads: 64 per worker)")
+    threads: int = option(0, "threads per worker (0: 1 for files; URL downloads: 256 at once per worker)")
     timeout: float = option(10.0, "seconds per download attempt")
     retries: int = option(2, "download retries (with backoff) on timeouts and 5xx")
     user_agent: str = "clipforge/0.1 (image-text dataset converter)"
@@ -123,7 +123,7 @@ class ConvertOptions:
              f"--max-reject-fraction {self.max_reject_fraction}: must be in 0..1 (1 = fail only when nothing is written)"),
             (self.samples_per_shard >= 1, f"--samples-per-shard {self.samples_per_shard}: must be >= 1"),
             (self.workers >= 1, f"--workers {self.workers}: must be >= 1"),
-            (self.threads >= 0, f"--threads {self.threads}: must be >= 0 (0 = 1 for files, 64 downloads per worker for URLs)"),
+            (self.threads >= 0, f"--threads {self.threads}: must be >= 0 (0 = 1 for files, 256 downloads per worker for URLs)"),
             (self.timeout > 0, f"--timeout {self.timeout}: must be > 0 seconds"),
             (self.retries >= 0, f"--retries {self.retries}: must be >= 0"),
             (self.num_nodes >= 1, f"--num-nodes {self.num_nodes}: must be >= 1"),

@@ -69,8 +69,8 @@ def _read_rules(robots_url: str, timeout: float, user_agent: str) -> Tuple[Robot
 
 
 class RobotsCache:
-    """robots.txt per host (scheme + host + port), fetched once per host per worker process, shared by its
-    download threads; a host's first thread fetches while the others wait for it."""
+    """robots.txt per host (scheme + host + port), fetched once per host per conversion, shared by its downloads
+    (download.py runs the checks in threads); a host's first caller fetches while the others wait for it."""
 
     def __init__(self):
         self._rules: Dict[str, Tuple[RobotFileParser, str]] = {}

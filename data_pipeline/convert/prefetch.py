@@ -1,26 +1,26 @@
-"""URL inputs: the downloads run in the writing process, ahead of the image work; the workers get the bytes.
+"""URL inputs: the downloads run in the writing process (download.py's event loop), ahead of the image work; the
+workers get the bytes.
 
 Why not in the workers, as before: a worker's chunk of 64 items returned when its slowest download did, and at a
 few % of slow bodies (1-2 s) most chunks hold one (1 - 0.97^64 = 86 %), so the cores idled while a thread waited.
 Here a chunk is made of downloads in the order they finish, so a slow or failing URL holds back only the writing of
-its own shard. At most 4 items per download thread are downloading or downloaded and not yet processed, which
-bounds the source bytes held (LAION's average ~0.3 MB: ~150 MB for 2 workers); the results (~40 KB each at 256 px)
-wait for their shard to be whole, as before.
+its own shard. At most 2 items per download in flight are downloading or downloaded and not yet processed, which
+bounds the source bytes held (LAION's average ~0.3 MB: ~300 MB for 2 workers); the results (~40 KB each at 256 px)
+wait for their shard to be whole, as before. (Letting more start, under a byte budget instead, was slower: 5.3-5.8
+vs 5.1-5.4 s for bench/convert_urls.py's 1,500 images, the extra early requests slowing the server and the cores.)
 """
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, List, Tuple
 
-from .fetch import download
-from .images import ItemError
+from .download import Downloader
 from .options import ConvertOptions
 from .process import process_chunk
 
-# Downloads in flight per worker: at 50-300 ms a download, 64 keep ~300 images/s coming, above what a core
-# decodes, resizes and encodes (~280/s for 500x375 photos); img2dataset runs 256 threads in each process.
-DOWNLOADS_PER_WORKER = 64
+# Downloads in flight per worker, img2dataset's 256 threads per process: at 50-300 ms a download that is ~1,400
+# images/s asked for, so a few slow hosts or 1-2 s bodies do not starve the cores (~400 images/s each at 500x375).
+DOWNLOADS_PER_WORKER = 256
 # A chunk waits this long for more finished downloads before it goes to a worker with fewer than `size` items.
 GATHER_S = 0.05
 
@@ -30,17 +30,17 @@ def is_remote(source: str) -> bool:
 
 
 class Prefetch:
-    """Starts downloading the items of `todo` (shard tasks) at once, in input order, in threads."""
+    """Starts downloading the items of `todo` (shard tasks) at once, in input order."""
 
     def __init__(self, todo: List[tuple], options: ConvertOptions):
         self.options = options
         self.items = [(key, item) for _, keyed, _ in todo for key, item in keyed]
         self.sizes = {index: len(keyed) for index, keyed, _ in todo}
         self.places = {key: (index, position) for index, keyed, _ in todo for position, (key, _) in enumerate(keyed)}
-        threads = (options.threads or DOWNLOADS_PER_WORKER) * options.workers
-        self._room = threading.Semaphore(4 * threads)
+        concurrency = (options.threads or DOWNLOADS_PER_WORKER) * options.workers
+        self._room = threading.Semaphore(2 * concurrency)
         self._ready: "queue.Queue[tuple]" = queue.Queue()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="download")
+        self._downloads = Downloader(options, concurrency)
         self._stop = threading.Event()
         threading.Thread(target=self._feed, daemon=True, name="download-feed").start()
 
@@ -50,18 +50,9 @@ class Prefetch:
             if self._stop.is_set():
                 return
             if is_remote(item.source) and not item.error:
-                self._pool.submit(self._download, key, item)
+                self._downloads.submit(item.source, lambda data, key=key, item=item: self._ready.put((key, item, data)))
             else:  # a local file (read by the worker) or an item already known bad
                 self._ready.put((key, item, None))
-
-    def _download(self, key: str, item) -> None:
-        try:
-            data = download(item.source, self.options)
-        except ItemError as error:
-            data = error
-        except Exception as error:  # never lose an item: a thread that died would hang its shard
-            data = ItemError("failed_to_download", type(error).__name__, f"{item.source}: {error}")
-        self._ready.put((key, item, data))
 
     def chunks(self, size: int) -> Iterator[list]:
         """(key, item, bytes | ItemError | None) in the order the downloads finish, up to `size` per chunk."""
@@ -83,7 +74,7 @@ class Prefetch:
     def close(self) -> None:
         self._stop.set()
         self._room.release(len(self.items))  # wakes the feeder, which then stops
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._downloads.close()
 
 
 def ordered_shards(fetch: Prefetch, mapper: Callable, chunk: int, bar) -> Iterator[Tuple[int, List[dict]]]:

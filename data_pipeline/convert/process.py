@@ -45,7 +45,7 @@ def process_item(key: str, item: Item, options: ConvertOptions, fetched=None) ->
         result["caption_sources"] = clean_sources(item.caption_sources)
         if isinstance(fetched, ItemError):
             raise fetched
-        data = fetch(item.source, options) if fetched is None else fetched
+        data = fetch(item.source) if fetched is None else fetched
         result["sha256"] = hashlib.sha256(data).hexdigest()
         processed = process_image(data, options)
     except ItemError as error:

@@ -41,6 +41,14 @@ class Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return
+        if self.path == "/cut.jpg":  # a body cut off: the connection closes before Content-Length bytes came
+            body = self.images["/img/1.jpg"]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:len(body) // 2])
+            self.close_connection = True
+            return
         if self.path == "/flaky.jpg" and Handler.hits[self.path] == 1:
             self.send_error(503)
             return
@@ -75,7 +83,8 @@ def server():
 CASES = [("/img/0.jpg", "success", ""), ("/missing.jpg", "failed_to_download", "http 404"),
          ("/slow.jpg", "failed_to_download", "timeout"), ("/redirect/1", "success", ""),
          ("/flaky.jpg", "success", ""), ("/img/2.jpg", "success", ""),
-         ("/trickle.jpg", "failed_to_download", "server trickles")]
+         ("/trickle.jpg", "failed_to_download", "server trickles"),
+         ("/cut.jpg", "failed_to_download", "connection broken")]
 
 
 def _check(out, base):
@@ -96,7 +105,7 @@ def test_url_list_downloads_concurrently_and_records_every_status(server, tmp_pa
     summary = convert([str(tmp_path / "urls.txt")], str(tmp_path / "out"), image_size=16, timeout=0.5,
                       retries=1, progress=False)
     rows, samples = _check(tmp_path / "out", server)
-    assert summary["written"] == 4 and summary["rejected"] == {"failed_to_download": 3}
+    assert summary["written"] == 4 and summary["rejected"] == {"failed_to_download": 4}
     assert "after 2 tries" in rows[2]["error_message"] and Handler.hits["/missing.jpg"] == 1  # no retry on 404
     assert Handler.hits["/flaky.jpg"] == 2  # 503 retried once
     assert all(agent.startswith("clipforge/") for agent in Handler.agents)
@@ -118,6 +127,19 @@ def test_laion_style_parquet_of_urls(server, tmp_path):
     rows, samples = _check(tmp_path / "out", server)
     assert summary["written"] == 4
     assert json.loads(samples[rows[0]["key"]]["json"])["similarity"] == 0.3
+
+
+def test_a_refused_connection_is_recorded_as_cannot_connect(tmp_path):
+    import socket
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write(tmp_path / "urls.txt", f"http://127.0.0.1:{port}/a.jpg\ta photo\n".encode())
+    summary = convert([str(tmp_path / "urls.txt")], str(tmp_path / "out"), image_size=16, timeout=2, retries=0,
+                      progress=False)
+    row = pq.read_table(tmp_path / "out" / "shard-000000.parquet").to_pylist()[0]
+    assert summary["rejected"] == {"failed_to_download": 1}
+    assert row["error_message"].startswith(f"cannot connect: http://127.0.0.1:{port}/a.jpg: "), row["error_message"]
 
 
 def test_file_urls(tmp_path):
