@@ -51,7 +51,7 @@ class Downloader:
     """`submit(url, done)`: download in the background; `done(bytes | ItemError)` is called on the loop's thread."""
 
     def __init__(self, options: ConvertOptions, concurrency: int):
-        self.options = options
+        self.options, self._closed = options, False
         self._loop = asyncio.new_event_loop()
         # robots.txt checks block (requests): as many threads as downloads, so hosts are asked in parallel as before
         # (asyncio's default is 6 on 2 cores); threads start only when a check runs
@@ -59,7 +59,6 @@ class Downloader:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="downloads")
         self._thread.start()
         self._session = asyncio.run_coroutine_threadsafe(self._open(concurrency), self._loop).result()
-        self._closed = False
 
     async def _open(self, concurrency: int) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=DNS_CACHE_S)

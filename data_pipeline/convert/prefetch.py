@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Callable, Iterator, List, Tuple
 
-from .download import Downloader
 from .options import ConvertOptions
 from .process import process_chunk
 
@@ -40,6 +39,7 @@ class Prefetch:
         concurrency = (options.threads or DOWNLOADS_PER_WORKER) * options.workers
         self._room = threading.Semaphore(2 * concurrency)
         self._ready: "queue.Queue[tuple]" = queue.Queue()
+        from .download import Downloader  # aiohttp (~0.13 s to import): only conversions with URLs pay for it
         self._downloads = Downloader(options, concurrency)
         self._stop = threading.Event()
         threading.Thread(target=self._feed, daemon=True, name="download-feed").start()
